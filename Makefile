@@ -1,0 +1,43 @@
+# prunebook — every target creates .venv (Python >= 3.10) when it is missing.
+#   make test                               the unit tests and every notebook at the smoke profile
+#   make reproduce                          every series at the cpu profile, then the claims report
+#   make reproduce SERIES=02_grokking PROFILE=paper ARGS="-p seed=1"
+#   make lab                                JupyterLab in the venv
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= cpu
+SERIES ?=
+ARGS ?=
+JOBS ?= auto
+
+.PHONY: setup test reproduce report list lab lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e ".[dev]"
+	@test -d /usr/share/datasets/fashion-mnist || echo "note: Fashion-MNIST is not installed; the notebooks want it:" \
+		"sudo apt-get install dataset-fashion-mnist (or set PRUNEBOOK_DATA; torchvision will try to download it)"
+	@touch $@
+
+test: setup
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadfile
+
+reproduce: setup
+	$(BIN)/prunebook run $(SERIES) --profile $(PROFILE) $(ARGS); status=$$?; \
+		$(BIN)/prunebook report --profile $(PROFILE); exit $$status
+
+report: setup
+	$(BIN)/prunebook report
+
+list: setup
+	$(BIN)/prunebook list
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+lint: setup
+	$(BIN)/ruff check shared tests benchmarks notebooks

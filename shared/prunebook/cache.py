@@ -1,0 +1,88 @@
+"""Results and checkpoints keyed by a hash of the configuration that produced them.
+
+Everything is written atomically (a temporary file in the same folder, then ``os.replace``), so an
+interrupted run never leaves a half-written file that a later run would trust.
+
+    scores = cached("el2n", {"seed": 0, "n": 6000, "epochs": 2}, lambda: compute_scores(...))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import config_hash
+
+# Bump when a change to the shared code makes old cached results wrong.
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """``$PRUNEBOOK_CACHE``, else ``~/.cache/prunebook``."""
+    root = os.environ.get("PRUNEBOOK_CACHE") or Path.home() / ".cache" / "prunebook"
+    return Path(root)
+
+
+def key(namespace: str, config: Any) -> str:
+    return f"{namespace}-{config_hash([CACHE_VERSION, namespace, config])}"
+
+
+def path_for(namespace: str, config: Any, suffix: str = ".pt") -> Path:
+    """Where the result of ``namespace`` under ``config`` lives (the folder is created)."""
+    folder = cache_dir() / namespace.split("/")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (key(namespace.replace("/", "-"), config) + suffix)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then move it into place in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save(obj: Any, path: str | Path) -> Path:
+    """torch.save, atomically."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load(path: str | Path) -> Any:
+    # Our own files: they may hold NumPy arrays and plain Python objects, not only tensors.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_json(obj: Any, path: str | Path) -> Path:
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # NumPy and torch scalars and arrays
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def cached(namespace: str, config: Any, compute: Callable[[], Any], *, refresh: bool = False) -> Any:
+    """The stored result of ``compute()`` for this ``config``; computed and stored on first use."""
+    path = path_for(namespace, config)
+    if path.exists() and not refresh:
+        return load(path)
+    result = compute()
+    save(result, path)
+    return result

@@ -1,0 +1,34 @@
+"""What notebooks show the reader: a function's source, and progress bars.
+
+Progress bars are ``tqdm.auto`` widgets when a person runs a notebook. Headless runs (the ``prunebook``
+runner and the tests set ``PRUNEBOOK_PLAIN_PROGRESS=1``) get plain text bars that update rarely, so the
+committed notebooks stay small and read well on GitHub. ``PRUNEBOOK_PROGRESS=0`` silences every bar.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def show(*objects: Callable | type) -> Any:
+    """Display the source of functions or classes, highlighted, so the method can be read in place."""
+    from IPython.display import Code
+
+    source = "\n\n".join(inspect.getsource(obj).rstrip() for obj in objects)
+    return Code(source, language="python")
+
+
+def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs: Any):
+    """A tqdm bar over ``iterable`` (or a manual one with ``total=``); see the module note for modes."""
+    disable = not enabled or os.environ.get("PRUNEBOOK_PROGRESS") == "0"
+    if os.environ.get("PRUNEBOOK_PLAIN_PROGRESS") == "1":
+        from tqdm.std import tqdm
+
+        kwargs.setdefault("mininterval", 30.0)
+        kwargs.setdefault("ascii", True)
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(iterable, disable=disable, **kwargs)

@@ -1,0 +1,298 @@
+"""The pruning vocabulary several papers share.
+
+Unstructured (weights become zeros, shapes stay), on top of ``torch.nn.utils.prune``: a pruned layer keeps
+``weight_orig`` and a ``weight_mask`` buffer, and its forward uses ``weight_orig * weight_mask``, so the
+mask holds through any number of optimizer steps.
+- ``global_magnitude``: one threshold on |w| over all layers; ``layerwise_magnitude``: the same fraction in
+  every layer; ``random_prune``: a random mask of exactly the requested size.
+- ``iterative_magnitude_pruning``: train, prune a fraction of what remains, rewind the survivors to their
+  early values, repeat (Frankle & Carbin's lottery tickets; ``snapshot``/``rewind`` do the rewinding).
+
+Structured (filters and channels are removed, the model really shrinks), through ``torch-pruning``:
+- ``l1_filter_prune``: Li et al.'s filter pruning, ranking each conv's filters by their L1 norm;
+- ``slim``: network slimming (Liu et al. 2017), one global threshold on |BN scale|, after training with
+  ``BNL1Penalty`` (an L1 sub-gradient on BN scales).
+
+Counting: ``sparsity``, ``count_nonzero``, ``count_macs`` (``torch.utils.flop_counter``) and ``measure_latency``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+from torch.utils.flop_counter import FlopCounterMode
+
+from .train import Callback, TrainState, refresh_masked_weights
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+Params = Sequence[tuple[nn.Module, str]]
+
+
+def prunable(model: nn.Module, types: tuple[type, ...] = PRUNABLE,
+             exclude: Sequence[nn.Module] = ()) -> list[tuple[nn.Module, str]]:
+    """The ``(module, "weight")`` pairs pruning acts on: every conv and linear layer unless excluded."""
+    skip = {id(m) for m in exclude}
+    return [(m, "weight") for m in model.modules() if isinstance(m, types) and id(m) not in skip]
+
+
+def _effective(module: nn.Module, name: str) -> torch.Tensor:
+    """The weight the forward pass uses (masked, if pruned)."""
+    return getattr(module, name)
+
+
+def _already_pruned(module: nn.Module, name: str) -> int:
+    mask = getattr(module, f"{name}_mask", None)
+    return 0 if mask is None else int((mask == 0).sum())
+
+
+def global_magnitude(model: nn.Module, sparsity: float, params: Params | None = None) -> None:
+    """Prune the smallest-|w| weights over all ``params`` together until ``sparsity`` of them are zero.
+
+    ``sparsity`` is the total fraction, so calling it again with a larger value prunes further."""
+    _check_fraction(sparsity)
+    params = list(params) if params is not None else prunable(model)
+    total = sum(_effective(m, n).numel() for m, n in params)
+    extra = round(sparsity * total) - sum(_already_pruned(m, n) for m, n in params)
+    if extra > 0:
+        torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=extra)
+    else:
+        _ensure_masks(params)
+
+
+def layerwise_magnitude(model: nn.Module, sparsity: float, params: Params | None = None) -> None:
+    """Prune the smallest-|w| weights of each layer until ``sparsity`` of every layer is zero."""
+    _check_fraction(sparsity)
+    for m, n in params if params is not None else prunable(model):
+        extra = round(sparsity * _effective(m, n).numel()) - _already_pruned(m, n)
+        torch_prune.l1_unstructured(m, n, amount=max(extra, 0))
+
+
+def random_prune(model: nn.Module, sparsity: float, params: Params | None = None, seed: int = 0,
+                 layerwise: bool = True) -> None:
+    """Zero a random ``sparsity`` of the weights (of each layer, or of all together), chosen by ``seed``."""
+    _check_fraction(sparsity)
+    params = list(params) if params is not None else prunable(model)
+    g = torch.Generator().manual_seed(seed)
+    if layerwise:
+        for m, n in params:
+            torch_prune.custom_from_mask(m, n, _random_mask(_effective(m, n), sparsity, g))
+        return
+    sizes = [_effective(m, n).numel() for m, n in params]
+    flat = _random_mask(torch.empty(sum(sizes)), sparsity, g)
+    for (m, n), chunk in zip(params, flat.split(sizes)):
+        torch_prune.custom_from_mask(m, n, chunk.view_as(_effective(m, n)))
+
+
+def _random_mask(weight: torch.Tensor, sparsity: float, g: torch.Generator) -> torch.Tensor:
+    """A mask with exactly round(sparsity·n) zeros, placed at random."""
+    mask = torch.ones(weight.numel())
+    mask[torch.randperm(weight.numel(), generator=g)[: round(sparsity * weight.numel())]] = 0
+    return mask.view_as(weight).to(weight.device)
+
+
+def _ensure_masks(params: Params) -> None:
+    for m, n in params:
+        if not hasattr(m, f"{n}_mask"):
+            torch_prune.identity(m, n)
+
+
+def _check_fraction(sparsity: float) -> None:
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity={sparsity}: a fraction in [0, 1] is needed")
+
+
+def masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every pruning mask in ``model``, keyed like its parameter (``"features.0.weight"``)."""
+    return {key[: -len("_mask")]: buf.clone() for key, buf in model.named_buffers() if key.endswith("_mask")}
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold the masks into the weights (zeros stay zeros) and drop the pruning hooks."""
+    for m in model.modules():
+        for name in [k[: -len("_orig")] for k in list(m._parameters) if k.endswith("_orig")]:
+            torch_prune.remove(m, name)
+    return model
+
+
+def sparsity(model: nn.Module, params: Params | None = None) -> float:
+    """The fraction of zero weights among ``params`` (default: every conv and linear weight)."""
+    params = list(params) if params is not None else prunable(model)
+    zeros = sum(int((_effective(m, n) == 0).sum()) for m, n in params)
+    return zeros / sum(_effective(m, n).numel() for m, n in params)
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of zero weights in each conv and linear layer, by module name."""
+    return {name: int((m.weight == 0).sum()) / m.weight.numel()
+            for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameters the model stores (a masked weight counts in full; see ``count_nonzero``)."""
+    return sum(_effective(m, name).numel() for m in model.modules() for name in _own_params(m))
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Parameters that are not zero, counting masked weights after the mask."""
+    return sum(int((_effective(m, name) != 0).sum()) for m in model.modules() for name in _own_params(m))
+
+
+def _own_params(module: nn.Module) -> list[str]:
+    return [k[: -len("_orig")] if k.endswith("_orig") else k for k, v in module._parameters.items() if v is not None]
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on ``example`` (what most pruning papers call FLOPs).
+
+    ``torch.utils.flop_counter`` counts 2 FLOPs per multiply-accumulate; we halve it. Zeroed weights still
+    count: unstructured sparsity saves no dense compute."""
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(example)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 30, warmup: int = 5) -> dict[str, float]:
+    """Wall-clock milliseconds per forward pass on ``example`` (median and 10th/90th percentiles)."""
+    was_training = model.training
+    model.eval()
+    cuda = example.is_cuda
+    times = []
+    for i in range(warmup + repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(example)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    model.train(was_training)
+    deciles = statistics.quantiles(times, n=10, method="inclusive")
+    return {"median_ms": statistics.median(times), "p10_ms": deciles[0], "p90_ms": deciles[-1]}
+
+
+# ---------------------------------------------------------------- iterative magnitude pruning
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights, to rewind to later."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("_mask")}
+
+
+@torch.no_grad()
+def rewind(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Put the surviving weights (and every other parameter and buffer) back to ``weights``; masks stay."""
+    for key, tensor in model.state_dict().items():
+        if key.endswith("_mask"):
+            continue
+        source = weights.get(key, weights.get(key.removesuffix("_orig")))
+        if source is None:
+            raise KeyError(f"the snapshot has no value for {key!r}")
+        tensor.copy_(source)
+    refresh_masked_weights(model)
+
+
+def iterative_magnitude_pruning(
+    model: nn.Module,
+    train_fn: Callable[[nn.Module, int], dict[str, Any]],
+    rounds: int,
+    rate: float = 0.2,
+    rewind_to: dict[str, torch.Tensor] | None = None,
+    params: Params | None = None,
+    layerwise: bool = False,
+) -> list[dict[str, Any]]:
+    """Train, prune ``rate`` of the remaining weights by magnitude, rewind, and repeat ``rounds`` times.
+
+    ``train_fn(model, round)`` trains in place and returns metrics; ``rewind_to`` is a :func:`snapshot`
+    taken at initialisation (lottery tickets) or early in training (rewinding). After the last pruning the
+    model is trained once more, so the result has ``rounds + 1`` rows, sparsity 0 first."""
+    if rewind_to is None:
+        raise ValueError("rewind_to is required: take prune.snapshot(model) at the point to rewind to")
+    params = list(params) if params is not None else prunable(model)
+    rows = []
+    for r in range(rounds + 1):
+        rows.append({"round": r, "sparsity": sparsity(model, params), **train_fn(model, r)})
+        if r == rounds:
+            break
+        target = 1 - (1 - rate) ** (r + 1)
+        (layerwise_magnitude if layerwise else global_magnitude)(model, target, params)
+        rewind(model, rewind_to)
+    return rows
+
+
+class ApplyMasks(Callback):
+    """Zero the masked weights after every optimizer step, for masks kept outside ``torch.nn.utils.prune``."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]):
+        named = dict(model.named_parameters())
+        self.pairs = [(named[k], m.bool()) for k, m in masks.items()]
+
+    @torch.no_grad()
+    def after_step(self, state: TrainState) -> None:
+        for param, mask in self.pairs:
+            param.mul_(mask.to(param.device))
+
+
+# ---------------------------------------------------------------- structured pruning (torch-pruning)
+
+
+def _run_pruner(pruner: Any) -> None:
+    for group in pruner.step(interactive=True):
+        group.prune()
+
+
+def l1_filter_prune(model: nn.Module, example: torch.Tensor, ratios: dict[nn.Module, float],
+                    ignored_layers: Sequence[nn.Module] = ()) -> nn.Module:
+    """Remove from each conv in ``ratios`` that fraction of its filters, lowest L1 norm first (Li et al.).
+
+    The following BN and the next layer's input channels shrink with it; the model is changed in place."""
+    import torch_pruning as tp
+
+    importance = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None)
+    pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=0.0,
+                                  pruning_ratio_dict=dict(ratios), ignored_layers=list(ignored_layers))
+    _run_pruner(pruner)
+    return model
+
+
+def slim(model: nn.Module, example: torch.Tensor, ratio: float, ignored_layers: Sequence[nn.Module] = (),
+         max_layer_ratio: float = 0.95) -> nn.Module:
+    """Network slimming: remove ``ratio`` of all prunable channels, those with the smallest |BN scale|
+    under one global threshold; no layer loses more than ``max_layer_ratio`` of its channels."""
+    import torch_pruning as tp
+
+    importance = tp.importance.BNScaleImportance(normalizer=None)
+    pruner = tp.pruner.MetaPruner(model, example, importance=importance, global_pruning=True, pruning_ratio=ratio,
+                                  max_pruning_ratio=max_layer_ratio, ignored_layers=list(ignored_layers))
+    _run_pruner(pruner)
+    return model
+
+
+class BNL1Penalty(Callback):
+    """Adds ``strength · sign(γ)`` to every BN scale's gradient: the L1 penalty network slimming trains with."""
+
+    def __init__(self, strength: float = 1e-4):
+        self.strength = strength
+
+    @torch.no_grad()
+    def after_backward(self, state: TrainState) -> None:
+        for m in state.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
+                m.weight.grad.add_(self.strength * torch.sign(m.weight))
+
+
+def conv_widths(model: nn.Module) -> list[int]:
+    """Output channels of each conv, in order: the architecture a structured pruning method found."""
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+

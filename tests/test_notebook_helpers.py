@@ -1,0 +1,62 @@
+"""plots.savefig, claims and display: what every notebook's last cells rely on."""
+
+import json
+
+import matplotlib.pyplot as plt
+import prunebook
+import pytest
+from prunebook import config, plots
+
+CONFIGS = {"smoke": {"n": 1}, "cpu": {"n": 2}}
+
+
+def test_savefig_writes_png_and_pdf_under_the_profile(in_series):
+    config.resolve(CONFIGS, "cpu", verbose=False)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    plots.savefig(fig, "fig1_line")
+    assert (in_series / "figures" / "cpu" / "fig1_line.png").stat().st_size > 1000
+    assert (in_series / "figures" / "cpu" / "fig1_line.pdf").is_file()
+    with pytest.raises(ValueError, match="bare name"):
+        plots.savefig(fig, "fig1_line.png")
+    plt.close(fig)
+
+
+def test_claims_json_has_the_documented_keys(in_series):
+    config.resolve(CONFIGS, "cpu", seed=4, verbose=False)
+    claims = prunebook.Claims("01_demo")
+    claims.add("a", "accuracy above half", "Table 1", paper=0.9, measured=0.75, holds=0.75 > 0.5)
+    claims.add("b", "loss below one", "Fig. 2", paper="< 1", measured=1.5, holds=False, note="too few epochs")
+    path = claims.save(metrics={"acc": 0.75})
+    assert path == in_series / "results" / "cpu" / "01_demo.json"
+    result = json.loads(path.read_text())
+    assert {"series", "notebook", "profile", "seed", "wall_s", "versions", "claims", "metrics"} <= set(result)
+    assert (result["series"], result["notebook"], result["profile"], result["seed"]) == ("99_test", "01_demo", "cpu", 4)
+    assert [c["holds"] for c in result["claims"]] == [True, False]
+    assert set(result["claims"][0]) >= {"id", "text", "source", "paper", "measured", "holds"}
+    table = claims.table()
+    assert list(table["verdict"]) == ["holds", "FAILS"]
+
+
+def test_smoke_claims_hold_nothing(in_series, capsys):
+    config.resolve(CONFIGS, "smoke", verbose=False)
+    claims = prunebook.Claims("01_demo")
+    claims.add("a", "x", "y", paper=1, measured=1, holds=True)
+    result = json.loads(claims.save().read_text())
+    assert result["claims"][0]["holds"] is None
+    assert "proves nothing" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="used twice"):
+        claims.add("a", "x", "y", paper=1, measured=1, holds=True)
+
+
+def test_show_displays_source():
+    code = prunebook.show(prunebook.cache.key)
+    assert "def key(" in code.data
+
+
+def test_progress_can_be_silenced(monkeypatch):
+    monkeypatch.setenv("PRUNEBOOK_PROGRESS", "0")
+    assert prunebook.progress(range(3)).disable
+    monkeypatch.setenv("PRUNEBOOK_PROGRESS", "1")
+    assert not prunebook.progress(range(3)).disable
+    assert prunebook.progress(range(3), enabled=False).disable

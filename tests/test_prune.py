@@ -1,0 +1,185 @@
+import pytest
+import torch
+from prunebook import models, prune, train
+from torch import nn
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+
+
+@pytest.mark.parametrize("s", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_global_magnitude_zeroes_exactly_that_fraction(s):
+    net = _net()
+    prune.global_magnitude(net, s)
+    assert prune.sparsity(net) == round(s * 300) / 300
+
+
+def test_global_magnitude_removes_the_smallest_weights_over_all_layers():
+    net = _net()
+    all_w = torch.cat([net[0].weight.flatten(), net[2].weight.flatten()]).abs()
+    threshold = all_w.sort().values[149]
+    prune.global_magnitude(net, 0.5)
+    for layer in (net[0], net[2]):
+        kept = layer.weight != 0
+        assert torch.all(layer.weight_orig.abs()[kept] > threshold)
+        assert torch.all(layer.weight_orig.abs()[~kept] <= threshold)
+
+
+def test_pruning_again_reaches_the_new_total():
+    net = _net()
+    prune.global_magnitude(net, 0.5)
+    prune.global_magnitude(net, 0.8)
+    assert prune.sparsity(net) == 240 / 300
+    prune.global_magnitude(net, 0.3)  # never un-prunes
+    assert prune.sparsity(net) == 240 / 300
+
+
+def test_layerwise_magnitude_is_exact_in_every_layer():
+    net = _net()
+    prune.layerwise_magnitude(net, 0.25)
+    assert prune.layer_sparsity(net) == {"0": 0.25, "2": 0.25}
+
+
+def test_random_prune_is_exact_and_seeded():
+    a, b, c = _net(), _net(), _net()
+    prune.random_prune(a, 0.3, seed=1)
+    prune.random_prune(b, 0.3, seed=1)
+    prune.random_prune(c, 0.3, seed=2)
+    assert prune.layer_sparsity(a) == {"0": 0.3, "2": 0.3}
+    assert torch.equal(a[0].weight_mask, b[0].weight_mask)
+    assert not torch.equal(a[0].weight_mask, c[0].weight_mask)
+    g = _net()
+    prune.random_prune(g, 0.3, seed=1, layerwise=False)
+    assert prune.sparsity(g) == 90 / 300
+
+
+def test_counts_and_permanence():
+    net = _net()
+    total = 10 * 20 + 20 + 20 * 5 + 5
+    assert prune.count_parameters(net) == total == models.count_parameters(net)
+    prune.global_magnitude(net, 0.5)
+    assert prune.count_parameters(net) == total
+    assert prune.count_nonzero(net) == total - 150
+    out = net(torch.ones(1, 10))
+    prune.make_permanent(net)
+    assert not hasattr(net[0], "weight_mask") and prune.count_nonzero(net) == total - 150
+    assert torch.equal(net(torch.ones(1, 10)), out)
+
+
+def test_count_macs_of_known_layers():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert prune.count_macs(conv, torch.zeros(1, 3, 32, 32)) == 8 * 3 * 9 * 32 * 32
+    assert prune.count_macs(nn.Linear(10, 4), torch.zeros(2, 10)) == 2 * 40
+
+
+def test_measure_latency_reports_milliseconds():
+    lat = prune.measure_latency(_net(), torch.zeros(4, 10), repeats=5, warmup=1)
+    assert set(lat) == {"median_ms", "p10_ms", "p90_ms"} and 0 < lat["p10_ms"] <= lat["median_ms"] <= lat["p90_ms"]
+
+
+def test_rewind_keeps_masks_and_restores_survivors():
+    net = _net()
+    init = prune.snapshot(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    prune.global_magnitude(net, 0.5)
+    mask = net[0].weight_mask.clone()
+    prune.rewind(net, init)
+    assert torch.equal(net[0].weight, init["0.weight"] * mask)
+    assert torch.equal(net[0].bias, init["0.bias"])
+
+
+def test_iterative_magnitude_pruning_schedule():
+    net = _net()
+    init = prune.snapshot(net)
+    seen = []
+
+    def train_fn(model, r):
+        seen.append(r)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)
+        return {"acc": float(r)}
+
+    rows = prune.iterative_magnitude_pruning(net, train_fn, rounds=3, rate=0.2, rewind_to=init)
+    assert seen == [0, 1, 2, 3]
+    assert [r["sparsity"] for r in rows] == [0.0, 60 / 300, 108 / 300, round(0.488 * 300) / 300]
+    with pytest.raises(ValueError, match="rewind_to is required"):
+        prune.iterative_magnitude_pruning(_net(), train_fn, rounds=1)
+
+
+def test_apply_masks_callback_zeroes_after_each_step():
+    net = _net()
+    masks = {"0.weight": (torch.rand(20, 10) > 0.5).float()}
+    cb = prune.ApplyMasks(net, masks)
+
+    class S:  # the state the callback sees
+        model = net
+
+    with torch.no_grad():
+        net[0].weight.add_(1)
+    cb.after_step(S)
+    assert torch.all(net[0].weight[masks["0.weight"] == 0] == 0)
+
+
+def test_l1_filter_prune_shrinks_and_keeps_the_strongest_filters():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    net.eval()
+    x = torch.randn(2, 3, 6, 6)
+    l1 = net[0].weight.abs().sum(dim=(1, 2, 3))
+    keep = l1.argsort(descending=True)[:4].sort().values
+    first_out = net[:3](x)[:, keep]
+    prune.l1_filter_prune(net, x, {net[0]: 0.5})
+    assert net[0].out_channels == 4 and net[1].num_features == 4 and net[3].in_channels == 4
+    assert torch.allclose(net[:3](x), first_out, atol=1e-6)  # the same outputs on the kept channels
+
+
+def test_l1_filter_prune_on_resnet_blocks_gives_a_smaller_working_model():
+    net = models.resnet_cifar(20)
+    x = torch.zeros(1, 3, 32, 32)
+    prune.l1_filter_prune(net, x, {b.conv1: 0.5 for b in net.blocks}, ignored_layers=[net.fc])
+    assert [b.conv1.out_channels for b in net.blocks] == [8] * 3 + [16] * 3 + [32] * 3
+    assert net(x).shape == (1, 10)
+    assert prune.count_parameters(net) < models.count_parameters(models.resnet_cifar(20))
+
+
+def test_slim_removes_the_smallest_bn_scales_globally():
+    net = models.vgg_cifar(11, widths=[4, 4, 4, 4, 4, 4, 4, 4], num_classes=3)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for i, bn in enumerate(bns):
+            bn.weight.copy_(torch.tensor([0.01, 1.0, 2.0, 3.0]) * (i + 1))
+    prune.slim(net, torch.zeros(1, 3, 32, 32), 0.25, ignored_layers=[net.classifier])
+    assert sum(prune.conv_widths(net)) == 24
+    assert all(bn.weight.abs().min() >= 0.5 for bn in bns if bn.num_features == 3)  # the 0.01·k ones went
+
+
+def test_bn_l1_penalty_adds_the_sign_of_the_scale():
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, -0.5, 0.0]))
+    bn.weight.grad = torch.zeros(3)
+
+    class S:
+        model = bn
+
+    prune.BNL1Penalty(0.1).after_backward(S)
+    assert torch.equal(bn.weight.grad, torch.tensor([0.1, -0.1, 0.0]))
+
+
+def test_penalty_in_fit_shrinks_bn_scales():
+    from prunebook import data
+
+    x = torch.randn(64, 1, 8, 8)
+    ds = data.ImageSet(x, torch.arange(64) % 2, ("a", "b"), "noise")
+    plain, penalised = models.SmallCNN(1, 2, (4,), 8, image_size=8), models.SmallCNN(1, 2, (4,), 8, image_size=8)
+    penalised.load_state_dict(plain.state_dict())
+    kw = dict(epochs=3, batch_size=16, lr=0.05, weight_decay=0, progress_bar=False)
+    train.fit(plain, ds, **kw)
+    train.fit(penalised, ds, callbacks=[prune.BNL1Penalty(1e-2)], **kw)
+    scale = lambda m: sum(b.weight.abs().sum() for b in m.modules() if isinstance(b, nn.BatchNorm2d))
+    assert scale(penalised) < scale(plain)
