@@ -7,7 +7,16 @@ os.environ["PRUNEBOOK_PLAIN_PROGRESS"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Each series' method module (notebooks/02_grokking/grokking.py, ...) is importable by its plain name,
+# as the notebooks import it.
+for series in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*")):
+    if series.is_dir():
+        sys.path.insert(0, str(series))
 
 
 @pytest.fixture

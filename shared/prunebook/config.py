@@ -142,6 +142,9 @@ def resolve(
     cfg["data_root"] = None if data_root is None else str(data_root)
     object.__setattr__(cfg, "started", time.time())
     seed_everything(seed)
+    from . import plots  # every notebook resolves its configuration first: give its figures the house style
+
+    plots.use_style()
     _current = cfg
     if verbose:
         print(describe(cfg))
