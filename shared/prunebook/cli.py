@@ -192,10 +192,14 @@ def run_notebook(nb: Path, out: Path, params: dict[str, Any], profile: str) -> s
         papermill.execute_notebook(str(nb), str(out), parameters={"profile": profile, **params}, cwd=str(nb.parent),
                                    kernel_name="python3", progress_bar=False, request_save_on_cell_execute=True)
     except PapermillExecutionError as exc:
-        return f"cell {exc.cell_index} (execution count {exc.exec_count}): {exc.ename}: {exc.evalue}"
+        return f"cell {exc.cell_index} (execution count {exc.exec_count}): {exc.ename}: {_one_line(exc.evalue)}"
     except Exception as exc:  # kernel died, notebook unreadable, ...
-        return f"{exc.__class__.__name__}: {exc}"
+        return f"{exc.__class__.__name__}: {_one_line(str(exc))}"
     return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
