@@ -1,16 +1,9 @@
-"""Test settings. Set before any notebook kernel starts, so nbval runs every notebook at `smoke`."""
+"""Test fixtures; the profile and other settings are in the top-level conftest.py."""
 
-import os
+import sys
+from pathlib import Path
 
-os.environ["PRUNEBOOK_PROFILE"] = "smoke"
-os.environ["PRUNEBOOK_PLAIN_PROGRESS"] = "1"
-os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
+import pytest
 
 # Each series' method module (notebooks/02_grokking/grokking.py, ...) is importable by its plain name,
 # as the notebooks import it.

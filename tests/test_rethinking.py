@@ -1,0 +1,245 @@
+"""Unit tests of notebooks/07_rethinking/rethinking.py: budgets, filter selection, slimming, surgery, tickets."""
+
+import copy
+
+import pytest
+import rethinking as R
+import torch
+from prunebook import data, models, prune
+from torch import nn
+
+X3 = torch.zeros(1, 3, 32, 32)
+
+
+def _randomize_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.rand(n, generator=g) - 0.5
+            m.running_mean = torch.rand(n, generator=g) - 0.5
+            m.running_var = torch.rand(n, generator=g) + 0.5
+    return model.eval()
+
+
+# ---------------------------------------------------------------- budgets
+
+
+def test_scratch_b_epochs_arithmetic():
+    assert R.scratch_b_epochs(160, 2.0, 1.0) == 320
+    assert R.scratch_b_epochs(160, 1.0, 1.0) == 160
+    assert R.scratch_b_epochs(24, 3.0, 2.0) == 36
+    assert R.scratch_b_epochs(10, 1.9, 1.0) == 19  # rounded down, as the official scripts do
+    assert R.scratch_b_epochs(90, 5.0, 1.0, cap=2) == 180  # the paper's ImageNet rule
+    assert R.scratch_b_epochs(90, 1.5, 1.0, cap=2) == 135
+    with pytest.raises(ValueError):
+        R.scratch_b_epochs(10, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("depth,variant,epochs", [(56, "A", 178), (56, "B", 220), (110, "A", 190), (110, "B", 260)])
+def test_scratch_b_epochs_of_li_et_al_resnets(depth, variant, epochs):
+    # Renda et al. (2020) quote the paper's Scratch-B runs of these models as 160 x 1.1156 / 1.3791 / 1.1883 / 1.6273
+    big = R.resnet_arch(depth)
+    small = R.resnet_arch(depth, mids=R.resnet_l1_widths(depth, variant))
+    assert R.scratch_b_epochs(160, R.macs(big, X3), R.macs(small, X3)) == epochs
+
+
+def test_sparse_macs_counts_only_nonzero_conv_weights():
+    torch.manual_seed(0)
+    net = models.vgg_cifar(11, 10, 3, width=0.125)
+    x = torch.zeros(1, 3, 32, 32)
+    assert R.sparse_macs(net, x) == prune.count_macs(net, x) == R.macs(R.vgg_arch(11, R.vgg_widths(11, 0.125)), x)
+    conv = net.features[0]
+    with torch.no_grad():
+        conv.weight[:, :, 0, 0] = 0  # a ninth of the first conv's weights
+    assert R.sparse_macs(net, x) == prune.count_macs(net, x) - conv.out_channels * conv.in_channels * 32 * 32
+
+
+# ---------------------------------------------------------------- L1-norm filter pruning
+
+
+def test_l1_keep_indices_keeps_the_largest_norm_filters():
+    conv = nn.Conv2d(2, 5, 3, bias=False)
+    norms = [3.0, 0.5, 7.0, 0.5, 2.0]
+    with torch.no_grad():
+        for j, s in enumerate(norms):
+            conv.weight[j] = s / 18 * torch.where(torch.arange(18) % 2 == 0, 1.0, -1.0).view(2, 3, 3)
+    assert torch.allclose(R.filter_l1_norms(conv), torch.tensor(norms))
+    assert R.l1_keep_indices(conv, 3).tolist() == [0, 2, 4]
+    assert R.l1_keep_indices(conv, 4).tolist() == [0, 1, 2, 4]  # a tie goes to the lower index
+    removed = set(range(5)) - set(R.l1_keep_indices(conv, 2).tolist())
+    assert max(norms[j] for j in removed) <= min(norms[j] for j in R.l1_keep_indices(conv, 2).tolist())
+    with pytest.raises(ValueError):
+        R.l1_keep_indices(conv, 0)
+
+
+def test_li_et_al_plans():
+    assert R.resnet_l1_widths(56, "B")[:10] == [6, 6, 6, 6, 6, 6, 6, 16, 16, 32]
+    assert R.resnet_l1_widths(110, "A")[17:19] == [16, 32]
+    assert R.vgg_l1_widths(16, R.vgg_widths(16)) == [32, 64, 128, 128, 256, 256, 256] + [256] * 6
+    vgg = models.count_parameters(R.build(R.vgg_arch(16, R.vgg_l1_widths(16, R.vgg_widths(16)), "mlp")))
+    assert round(vgg / 1e6, 1) == 5.4  # Li et al.'s VGG-16-A: 5.4 M parameters
+
+
+@pytest.mark.parametrize("family", ["resnet", "vgg"])
+def test_structural_pruning_equals_masking(family):
+    torch.manual_seed(1)
+    if family == "resnet":
+        arch = R.resnet_arch(20, 8)
+        target = {**arch, "mids": R.resnet_l1_widths(20, "B", 8)}
+    else:
+        arch = R.vgg_arch(11, R.vgg_widths(11, 0.25), "mlp")
+        target = {**arch, "widths": R.vgg_l1_widths(11, arch["widths"])}
+    model = _randomize_bn(R.build(arch))
+    model.classifier.eval() if family == "vgg" else None
+    widths = target["mids"] if family == "resnet" else target["widths"]
+    keep = [R.l1_keep_indices(c, n) for c, n in zip(R.prunable_convs(model, arch), widths)]
+    masked = copy.deepcopy(model)
+    R.mask_channels(masked, dict(zip(R.prunable_convs(masked, arch), keep)))
+    shrunk = R.l1_prune(copy.deepcopy(model), arch, target, X3)
+    assert R.arch_of(shrunk, arch) == target
+    assert prune.count_parameters(shrunk) == models.count_parameters(R.build(target))
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(shrunk(x), masked(x), atol=1e-5)
+        assert not torch.allclose(shrunk(x), model(x), atol=1e-3)
+
+
+def test_pruning_does_not_touch_bn_statistics_of_a_training_model():
+    model = R.build(R.resnet_arch(20, 8)).train()
+    before = model.blocks[4].bn2.running_mean.clone()
+    target = R.resnet_arch(20, 8, R.resnet_l1_widths(20, "B", 8))
+    R.l1_prune(model, R.resnet_arch(20, 8), target, torch.randn(1, 3, 32, 32))
+    assert model.training and torch.equal(model.blocks[4].bn2.running_mean, before)
+
+
+# ---------------------------------------------------------------- network slimming
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 0.7, 0.8])
+def test_slimming_threshold_removes_the_requested_fraction(ratio):
+    torch.manual_seed(2)
+    model = _randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
+    total = sum(bn.num_features for bn in R.slimming_bns(model))
+    keep = R.slimming_keep(model, ratio)
+    assert total - sum(len(v) for v in keep.values()) == round(ratio * total)
+    t = R.slimming_threshold(model, ratio)
+    for conv, bn in R.conv_bn_pairs(model):
+        kept = set(keep[conv].tolist())
+        for j, g in enumerate(bn.weight.abs().tolist()):
+            assert (j in kept) == (g > t)
+
+
+def test_slimming_never_empties_a_layer():
+    torch.manual_seed(2)
+    model = _randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
+    keep = R.slimming_keep(model, 0.99)
+    assert all(len(v) >= 1 for v in keep.values())
+    for conv, bn in R.conv_bn_pairs(model):
+        if len(keep[conv]) == 1:
+            assert keep[conv].item() == bn.weight.abs().argmax().item()
+
+
+def test_slim_prune_shrinks_and_matches_the_masked_model():
+    torch.manual_seed(3)
+    model = _randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
+    keep = R.slimming_keep(model, 0.6)
+    masked = copy.deepcopy(model)
+    R.mask_channels(masked, {c2: keep[c] for (c, _), (c2, _) in zip(R.conv_bn_pairs(model), R.conv_bn_pairs(masked))})
+    R.slim_prune(model, 0.6, X3)
+    assert prune.conv_widths(model) == [len(v) for v in keep.values()]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), masked(x), atol=1e-5)
+
+
+def test_uniform_and_guided_architectures_hit_the_flop_target():
+    base = R.vgg_widths(11, 0.25)
+    target = 0.4 * R.macs(R.vgg_arch(11, base), X3)
+    uni = R.uniform_vgg_for_macs(11, base, target, X3)
+    assert abs(R.macs(uni, X3) / target - 1) < 0.05
+    guided = R.guided_vgg(11, base, [1.0, 0.8, 0.6, 0.3, 0.2], target, X3)
+    assert abs(R.macs(guided, X3) / target - 1) < 0.05
+    w = guided["widths"]
+    assert w[0] / base[0] > w[-1] / base[-1]
+    assert R.stage_keep_fractions(R.vgg_arch(11, base), R.vgg_arch(11, base)) == [1.0] * 5
+
+
+# ---------------------------------------------------------------- unstructured pruning and tickets
+
+
+def test_magnitude_masks_prune_convs_globally_and_leave_the_model_alone():
+    torch.manual_seed(4)
+    model = models.vgg_cifar(11, 10, 3, width=0.125)
+    masks = R.magnitude_masks(model, 0.8)
+    assert not hasattr(model.features[0], "weight_mask")
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((m == 0).sum()) for m in masks.values()) == round(0.8 * total)
+    assert set(masks) == {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    kept = torch.cat([model.get_submodule(k[:-7]).weight.abs().flatten()[m.flatten() == 1] for k, m in masks.items()])
+    cut = torch.cat([model.get_submodule(k[:-7]).weight.abs().flatten()[m.flatten() == 0] for k, m in masks.items()])
+    assert kept.min() >= cut.max()
+
+
+def test_winning_ticket_restores_the_initial_weights_of_kept_parameters_exactly():
+    arch = R.vgg_arch(11, R.vgg_widths(11, 0.125))
+    torch.manual_seed(7)
+    model = R.build(arch)
+    init = prune.snapshot(model)
+    with torch.no_grad():  # "training"
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    masks = R.magnitude_masks(model, 0.7)
+    torch.manual_seed(7)  # what train_run does before building the ticket
+    ticket = R.apply_masks(R.build(arch), masks)
+    for key, mask in masks.items():
+        assert torch.equal(ticket.get_submodule(key[:-7]).weight, init[key] * mask)
+    # the shared rewind gives the same ticket
+    R.apply_masks(model, masks)
+    prune.rewind(model, init)
+    for key in masks:
+        assert torch.equal(model.get_submodule(key[:-7]).weight, ticket.get_submodule(key[:-7]).weight)
+
+
+def test_sparse_he_init_keeps_zeros_and_rescales_by_the_surviving_fan():
+    torch.manual_seed(5)
+    model = R.build(R.vgg_arch(11, [64] * 8))
+    masks = R.random_masks_like(model, [0.9] * 8, seed=0)
+    assert all(abs(s - 0.9) < 1e-3 for s in R.layer_sparsities(masks).values())
+    R.apply_masks(model, masks)
+    R.sparse_he_init_(model)
+    conv = model.features[4]  # 64 -> 64
+    kept = conv.weight[conv.weight_mask.bool()]
+    n = conv.weight_mask.sum().item() / conv.in_channels
+    assert torch.all(conv.weight[~conv.weight_mask.bool()] == 0)
+    assert abs(kept.std().item() / (2 / n) ** 0.5 - 1) < 0.1
+
+
+# ---------------------------------------------------------------- runs and statistics
+
+
+def test_within_spread_uses_the_larger_noise():
+    assert R.summarize([0.9]) == (0.9, 0.0)
+    cmp = R.within_spread([0.80, 0.80], [0.81, 0.81], n_test=10_000)
+    assert cmp["tol"] == pytest.approx((0.805 * 0.195 / 10_000) ** 0.5)
+    assert cmp["holds"] is False  # 1 point apart, noise 0.4
+    assert R.within_spread([0.80, 0.82], [0.82, 0.82], n_test=10_000)["holds"] is True  # std 1.4 points
+    assert R.fmt([0.9, 0.8]) == "85.00 ± 7.07"
+
+
+def test_train_run_is_cached_and_deterministic(tmp_cache):
+    g = torch.Generator().manual_seed(0)
+    ds = data.ImageSet(torch.rand(64, 1, 16, 16, generator=g), torch.arange(64) % 4, tuple("abcd"), "toy")
+    dset = R.Data(ds, ds, {"toy": 1})
+    arch = R.vgg_arch(11, [2] * 8, in_channels=1, num_classes=4)
+    recipe = R.Recipe(epochs=2, batch_size=16, crop_padding=0, flip=False)
+    a = R.scratch(arch, dset, recipe, 3, progress_bar=False)
+    b = R.scratch(arch, dset, recipe, 3, progress_bar=False)
+    assert a["acc"] == b["acc"] and a["epochs"] == 2 and len(a["history"]) == 2
+    assert any(tmp_cache.rglob("*.pt"))
+    import shutil
+
+    shutil.rmtree(tmp_cache)
+    c = R.scratch(arch, dset, recipe, 3, progress_bar=False)
+    assert all(torch.equal(c["state"][k], a["state"][k]) for k in a["state"])
