@@ -350,15 +350,7 @@ def uniform_vgg_for_macs(depth: int, base: Sequence[int], target_macs: float, ex
     def arch(f):
         return vgg_arch(depth, [max(1, round(w * f)) for w in base], classifier, in_ch, num_classes)
 
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if macs(arch(mid), example) < target_macs:
-            lo = mid
-        else:
-            hi = mid
-    best = min((arch(f) for f in (lo, hi)), key=lambda a: abs(macs(a, example) - target_macs))
-    return best
+    return _closest_in_macs(arch, 1.0, target_macs, example, steps=30)
 
 
 def stage_keep_fractions(arch: dict[str, Any], base: dict[str, Any]) -> list[float]:
@@ -381,8 +373,15 @@ def guided_vgg(depth: int, base: Sequence[int], stage_fractions: Sequence[float]
         widths = [max(1, round(w * min(1.0, stage_fractions[s] * f))) for w, s in zip(base, stages)]
         return vgg_arch(depth, widths, classifier, in_ch, num_classes)
 
-    lo, hi = 0.0, 1.0 / max(min(stage_fractions), 1e-3)
-    for _ in range(40):
+    return _closest_in_macs(arch, 1.0 / max(min(stage_fractions), 1e-3), target_macs, example, steps=40)
+
+
+def _closest_in_macs(arch: Callable[[float], dict[str, Any]], hi: float, target_macs: float, example: torch.Tensor,
+                     steps: int) -> dict[str, Any]:
+    """Bisect the width factor f in [0, hi] of ``arch(f)`` (MACs grow with f) and return the architecture at either
+    end of the final interval whose MACs are closest to ``target_macs``."""
+    lo = 0.0
+    for _ in range(steps):
         mid = (lo + hi) / 2
         if macs(arch(mid), example) < target_macs:
             lo = mid
