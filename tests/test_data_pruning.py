@@ -1,0 +1,174 @@
+"""Unit tests of notebooks/08_data_pruning/data_pruning.py (exact and fast)."""
+
+import math
+
+import data_pruning as dp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ------------------------------------------------------------------------------------------- perceptron data
+
+
+def test_labels_are_the_sign_of_the_teacher_margin():
+    g = torch.Generator().manual_seed(0)
+    x, y, teacher = dp.teacher_student_data(500, 30, g)
+    assert x.shape == (500, 30) and y.shape == (500,)
+    assert math.isclose(teacher.norm().item(), 1.0, rel_tol=1e-12)
+    assert torch.equal(y, torch.sign(x @ teacher))
+    assert set(y.unique().tolist()) == {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.25, 0.5, 0.73, 1.0])
+def test_keep_indices_keeps_exactly_the_fraction(frac):
+    score = torch.randn(4, 200, generator=torch.Generator().manual_seed(1))
+    for keep in dp.KEEPS:
+        idx = dp.keep_indices(score, frac, keep, generator=torch.Generator().manual_seed(2))
+        assert idx.shape == (4, round(frac * 200))
+        assert all(len(set(row.tolist())) == idx.shape[1] for row in idx)  # no repeats
+
+
+def test_keep_indices_hard_and_easy_take_the_extremes():
+    score = torch.tensor([0.3, -2.0, 5.0, 1.0, 0.0, 4.0, -1.0, 2.0])  # high = hard
+    assert dp.keep_indices(score, 0.25, "hard").tolist() == [2, 5]  # the two highest
+    assert dp.keep_indices(score, 0.25, "easy").tolist() == [1, 6]  # the two lowest
+    assert dp.keep_indices(score, 0.5, "hard").tolist() == [2, 3, 5, 7]
+
+
+def test_margin_pruning_keeps_smallest_margins_for_hard():
+    g = torch.Generator().manual_seed(3)
+    x, y, teacher = dp.teacher_student_data(1000, 20, g)
+    margin = (x @ teacher).abs()
+    hard = dp.keep_indices(-margin, 0.2, "hard")
+    easy = dp.keep_indices(-margin, 0.2, "easy")
+    assert len(hard) == len(easy) == 200
+    assert margin[hard].max() <= margin.sort().values[199] + 1e-12
+    assert margin[easy].min() >= margin.sort().values[800] - 1e-12
+
+
+def test_sampled_pruned_sets_have_the_right_sizes_labels_and_margins():
+    g = torch.Generator().manual_seed(4)
+    x, y = dp.sample_pruned_perceptron(3, 1000, 25, 0.1, "hard", theta=0.0, generator=g)
+    assert x.shape == (3, 100, 25) and y.shape == (3, 100)
+    assert torch.equal(y, torch.sign(x[..., 0]))  # the teacher is e_1
+    # the kept teacher margins are the 10 % smallest of a standard normal: below ~ the 55th percentile of |z|
+    assert x[..., 0].abs().max() < 0.3
+    x_easy, _ = dp.sample_pruned_perceptron(2, 1000, 25, 0.1, "easy", generator=g)
+    assert x_easy[..., 0].abs().min() > 1.2
+    # with a probe at angle theta the kept examples have small probe margins, not small teacher margins
+    theta = math.radians(30)
+    xp, yp = dp.sample_pruned_perceptron(2, 2000, 10, 0.05, "hard", theta=theta, generator=g)
+    probe = dp.probe_direction(theta, 10)
+    assert (xp @ probe).abs().max() < 0.15
+    assert torch.equal(yp, torch.sign(xp[..., 0]))
+
+
+def test_max_margin_matches_the_dual_solution_on_a_small_problem():
+    from scipy.optimize import nnls  # noqa: F401  (scipy is there; the check below is self-contained)
+
+    g = torch.Generator().manual_seed(5)
+    x, y, _ = dp.teacher_student_data(60, 8, g)
+    w = dp.max_margin(x[None], y[None])[0]
+    margins = y * (x @ w)
+    kappa = margins.min()
+    # KKT: the max-margin direction is a non-negative combination of the support vectors (margin == kappa)
+    support = (margins - kappa).abs() < 1e-6
+    assert support.sum() >= 2
+    coef, *_ = np.linalg.lstsq((y[support, None] * x[support]).T.numpy(), w.numpy(), rcond=None)
+    assert (coef > -1e-8).all()
+    assert np.allclose((y[support, None] * x[support]).T.numpy() @ coef, w.numpy(), atol=1e-6)
+
+
+def test_theory_without_pruning_matches_the_known_large_alpha_limit():
+    # the maximal-stability perceptron: error ~ 0.50 / alpha at large alpha (Opper et al. 1990)
+    point = dp.theory_perceptron(40.0, 1.0, "random")
+    assert 0.48 < point.error * 40 < 0.52
+    # and the 2-D (probe) solver reduces to the 1-D one as theta -> 0
+    a = dp.theory_perceptron(2.0, 0.3, "hard")
+    b = dp.theory_perceptron(2.0, 0.3, "hard", theta=1e-4)
+    assert abs(a.error - b.error) < 1e-4
+
+
+def test_keep_threshold_keeps_the_fraction_of_a_gaussian():
+    from scipy.special import erf
+
+    for f in (0.1, 0.5, 0.9):
+        assert math.isclose(erf(dp.keep_threshold(f, "hard") / math.sqrt(2)), f, rel_tol=1e-10)
+        assert math.isclose(1 - erf(dp.keep_threshold(f, "easy") / math.sqrt(2)), f, rel_tol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------- deep-net scores
+
+
+def test_el2n_on_a_hand_built_example():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])  # softmax: (0.5, 0.5) and (0.75, 0.25)
+    labels = torch.tensor([0, 1])
+    expected = torch.tensor([math.sqrt(0.25 + 0.25), math.sqrt(0.75 ** 2 + 0.75 ** 2)])
+    assert torch.allclose(dp.el2n(logits, labels), expected, atol=1e-6)
+
+
+def test_grand_equals_the_norm_of_each_examples_own_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 1, 0, 1])
+    got = dp.grand(model, x, y, batch_size=2)
+    for i in range(5):
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()))
+        assert torch.allclose(got[i], norm, atol=1e-6)
+
+
+def test_forgetting_events_on_a_hand_made_history():
+    # rows are checks over time, columns examples
+    history = torch.tensor([
+        [1, 0, 1, 0, 1],
+        [0, 1, 1, 0, 1],
+        [1, 0, 1, 0, 0],
+        [0, 1, 1, 0, 1],
+    ], dtype=torch.bool)
+    # ex 0: 1→0, 1→0 = 2; ex 1: 1→0 once = 1; ex 2: never forgotten; ex 3: never learned (→ T = 4); ex 4: once
+    assert dp.forgetting_events(history).tolist() == [2.0, 1.0, 0.0, 4.0, 1.0]
+    assert dp.forgetting_events(history, never_learned=99).tolist()[3] == 99.0
+
+
+def test_prototype_distance_on_a_toy_embedding():
+    # two tight clusters on the unit circle, plus one point half-way between them
+    a = torch.tensor([[1.0, 0.0], [0.99, 0.05], [0.99, -0.05]])
+    b = torch.tensor([[0.0, 1.0], [0.05, 0.99], [-0.05, 0.99]])
+    middle = torch.tensor([[1.0, 1.0]])
+    emb = torch.cat([a, b, middle])
+    d = dp.prototype_distance(emb, k=2, seed=0)
+    assert d.shape == (7,)
+    assert d.argmax().item() == 6  # the odd one out is the hardest
+    assert d[6] > 5 * d[:6].max()
+    # Euclidean version: distance of a cluster member to its centroid, by hand
+    d_euc = dp.prototype_distance(torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [10.0, 4.0]]), k=2,
+                                  cosine=False)
+    assert torch.allclose(d_euc, torch.tensor([1.0, 1.0, 2.0, 2.0]))
+
+
+def test_kmeans_is_deterministic_for_a_seed():
+    x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    c1, a1 = dp.kmeans(x, 4, seed=7)
+    c2, a2 = dp.kmeans(x, 4, seed=7)
+    assert torch.equal(a1, a2) and torch.equal(c1, c2)
+    assert set(a1.tolist()) == {0, 1, 2, 3}
+
+
+def test_nt_xent_prefers_matching_views():
+    z = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    matched = dp.nt_xent(z, z + 0.01, temperature=0.1)
+    shuffled = dp.nt_xent(z, z.roll(1, 0), temperature=0.1)
+    assert matched < 0.1 < shuffled
+
+
+def test_class_balance_and_train_epochs():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert dp.class_balance(labels, torch.tensor([0, 2, 4]), 3) == {"min_ratio": 1.0, "max_ratio": 1.0}
+    unbalanced = dp.class_balance(labels, torch.tensor([0, 1, 2]), 3)
+    assert unbalanced["min_ratio"] == 0.0 and math.isclose(unbalanced["max_ratio"], 2.0)
+    assert dp.train_epochs(1000, 5, 100, 0) == 5
+    assert dp.train_epochs(100, 5, 100, 50) == 50
