@@ -60,3 +60,13 @@ def test_progress_can_be_silenced(monkeypatch):
     monkeypatch.setenv("PRUNEBOOK_PROGRESS", "1")
     assert not prunebook.progress(range(3)).disable
     assert prunebook.progress(range(3), enabled=False).disable
+
+
+def test_interact_headless_calls_the_function_once_with_starting_values(monkeypatch):
+    import ipywidgets as widgets
+
+    monkeypatch.setenv("PRUNEBOOK_PLAIN_PROGRESS", "1")
+    calls = []
+    out = prunebook.interact(lambda k, metric, n: calls.append((k, metric, n)) or "drawn",
+                             k=widgets.IntSlider(value=7, min=0, max=9), metric=["a", "b"], n=3)
+    assert calls == [(7, "a", 3)] and out == "drawn"

@@ -1,4 +1,4 @@
-"""What notebooks show the reader: a function's source, and progress bars.
+"""What notebooks show the reader: a function's source, progress bars, and interactive controls.
 
 Progress bars are ``tqdm.auto`` widgets when a person runs a notebook. Headless runs (the ``prunebook``
 runner and the tests set ``PRUNEBOOK_PLAIN_PROGRESS=1``) get plain text bars that update rarely, so the
@@ -32,3 +32,24 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs
     else:
         from tqdm.auto import tqdm
     return tqdm(iterable, disable=disable, **kwargs)
+
+
+def interact(fn: Callable, **controls: Any) -> Any:
+    """``ipywidgets.interact(fn, **controls)`` when a person runs the notebook. In headless runs (the runner and
+    the tests set ``PRUNEBOOK_PLAIN_PROGRESS=1``) ``fn`` is called once with each control's starting value
+    instead: the notebook keeps a static output that reads on GitHub, and no interact traffic goes through
+    papermill's client, which can hang on such cells (jupyter/nbclient#312). A control is a widget (its
+    ``value``), a list of options (the first) or a fixed value."""
+    if os.environ.get("PRUNEBOOK_PLAIN_PROGRESS") == "1":
+        return fn(**{name: _starting_value(c) for name, c in controls.items()})
+    import ipywidgets
+
+    return ipywidgets.interact(fn, **controls)
+
+
+def _starting_value(control: Any) -> Any:
+    if hasattr(control, "value"):
+        return control.value
+    if isinstance(control, list):
+        return control[0]
+    return control
