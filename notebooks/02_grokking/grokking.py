@@ -25,6 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -390,6 +391,24 @@ def _per_model(value, B: int, device) -> torch.Tensor:
     return torch.as_tensor(np.broadcast_to(np.asarray(value, float), (B,)).copy(), dtype=torch.float32, device=device)
 
 
+@contextmanager
+def _one_thread_without_subnormals(device: torch.device):
+    """Weight decay drives weights and Adam's moments towards zero, and subnormal floats make CPU arithmetic very
+    slow (measured at wd = 20 on 2 threads: from 18 down to 0.4 steps/s within 1,300 steps). Flushing them to zero
+    costs no accuracy, but torch sets the flag for the calling thread only, so CPU training runs on one thread: as
+    fast as two for these small matmuls (measured: 19 steps/s for 3 networks, and it stays there). torch's
+    defaults come back afterwards, also when the training is interrupted."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
 def train(tasks: Sequence[ModularTask], *, steps: int, seeds: Sequence[int],
           weight_decay: float | Sequence[float] = 0.0, dropout: float | Sequence[float] = 0.0,
           batchnorm: bool = False, batch_size: int | None = None, lr: float = 0.01, width: int = WIDTH,
@@ -450,51 +469,42 @@ def train(tasks: Sequence[ModularTask], *, steps: int, seeds: Sequence[int],
         if step in snapshot_steps:
             snapshots[step] = {k: v.cpu().clone() for k, v in _flip(E).items()}
 
-    # Weight decay drives weights and Adam's moments towards zero, and subnormal floats make CPU arithmetic very
-    # slow (measured at wd = 20 on 2 threads: from 18 down to 0.4 steps/s within 1,300 steps). Flushing them to
-    # zero costs no accuracy, but torch sets the flag for the calling thread only, so CPU training runs on one
-    # thread: as fast as two for these small matmuls (measured: 19 steps/s for 3 networks, and it stays there).
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    t0 = time.perf_counter()
-    record(0)
-    bar = progress(total=steps, desc=desc) if progress is not None else None
-    per_epoch = n_train // batch_size if batch_size else 1
-    perm = None
-    for step in range(1, steps + 1):
-        if batch_size:
-            i = (step - 1) % per_epoch
-            if i == 0:
-                perm = torch.randperm(n_train, generator=gen, device=device)[:per_epoch * batch_size]
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            bm, bn_ = (tm[idx], tn[idx]) if tm.dim() == 1 else (tm[:, idx], tn[:, idx])
-            by = ty[:, idx]
-            onehot = torch.zeros(B, batch_size, p, device=device).scatter_(2, by[..., None], 1.0)
-        else:
-            bm, bn_, by, onehot = tm, tn, ty, full_onehot
-        if use_dropout:
-            torch.rand(scale.shape, generator=gen, device=device, out=scale)
-            scale.ge_(1 - keep_prob).div_(keep_prob)  # 1/(1-rate) where kept, 0 where dropped
-        if batchnorm:
-            for w in E.values():
-                w.requires_grad_(True)
-            out = forward(_flip_view(E), bm, bn_, bn_state=bn_state, training=True, dropout_scale=scale)
-            grads = dict(zip(E, torch.autograd.grad(mse_per_model(out, by).sum(), list(E.values()))))
-            for w in E.values():
-                w.requires_grad_(False)
-        else:
-            _, grads = fused_step(E, bm, bn_, onehot, work, scale)
-        adamw_update(E, grads, opt_state, lr, wd)
-        if step in log_at:
-            record(step)
+    with _one_thread_without_subnormals(device):
+        t0 = time.perf_counter()
+        record(0)
+        bar = progress(total=steps, desc=desc) if progress is not None else None
+        per_epoch = n_train // batch_size if batch_size else 1
+        perm = None
+        for step in range(1, steps + 1):
+            if batch_size:
+                i = (step - 1) % per_epoch
+                if i == 0:
+                    perm = torch.randperm(n_train, generator=gen, device=device)[:per_epoch * batch_size]
+                idx = perm[i * batch_size:(i + 1) * batch_size]
+                bm, bn_ = (tm[idx], tn[idx]) if tm.dim() == 1 else (tm[:, idx], tn[:, idx])
+                by = ty[:, idx]
+                onehot = torch.zeros(B, batch_size, p, device=device).scatter_(2, by[..., None], 1.0)
+            else:
+                bm, bn_, by, onehot = tm, tn, ty, full_onehot
+            if use_dropout:
+                torch.rand(scale.shape, generator=gen, device=device, out=scale)
+                scale.ge_(1 - keep_prob).div_(keep_prob)  # 1/(1-rate) where kept, 0 where dropped
+            if batchnorm:
+                for w in E.values():
+                    w.requires_grad_(True)
+                out = forward(_flip_view(E), bm, bn_, bn_state=bn_state, training=True, dropout_scale=scale)
+                grads = dict(zip(E, torch.autograd.grad(mse_per_model(out, by).sum(), list(E.values()))))
+                for w in E.values():
+                    w.requires_grad_(False)
+            else:
+                _, grads = fused_step(E, bm, bn_, onehot, work, scale)
+            adamw_update(E, grads, opt_state, lr, wd)
+            if step in log_at:
+                record(step)
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    torch.set_flush_denormal(False)  # torch's defaults again
-    torch.set_num_threads(threads)
+            bar.close()
     return Run(
         steps=np.array(hist["steps"]), acc={k: np.stack(hist[f"acc_{k}"]) for k in SUBSETS},
         loss={k: np.stack(hist[f"loss_{k}"]) for k in ("train", "test")}, mean_ipr=np.stack(hist["ipr"]),
