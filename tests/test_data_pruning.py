@@ -172,3 +172,39 @@ def test_class_balance_and_train_epochs():
     assert unbalanced["min_ratio"] == 0.0 and math.isclose(unbalanced["max_ratio"], 2.0)
     assert dp.train_epochs(1000, 5, 100, 0) == 5
     assert dp.train_epochs(100, 5, 100, 50) == 50
+
+
+def test_pruned_indices_draw_the_original_set_then_keep_the_fraction_per_class():
+    labels = torch.arange(200) % 4
+    score = torch.arange(200, dtype=torch.float)  # later examples are harder
+    hard = dp.pruned_indices(labels, score, n0=100, frac=0.2, keep="hard", seed=3)
+    easy = dp.pruned_indices(labels, score, n0=100, frac=0.2, keep="easy", seed=3)
+    rand = dp.pruned_indices(labels, score, n0=100, frac=0.2, keep="random", seed=3)
+    original = set(dp.pruned_indices(labels, score, n0=100, frac=1.0, keep="random", seed=3).tolist())
+    assert len(original) == 100
+    for idx in (hard, easy, rand):
+        assert len(idx) == 20 and set(idx.tolist()) <= original
+        assert torch.bincount(labels[idx], minlength=4).tolist() == [5, 5, 5, 5]
+    for c in range(4):  # within each class, hard keeps the 5 highest scores of the original set, easy the lowest
+        members = sorted(i for i in original if labels[i] == c)
+        assert sorted(i for i in hard.tolist() if labels[i] == c) == members[-5:]
+        assert sorted(i for i in easy.tolist() if labels[i] == c) == members[:5]
+    assert torch.equal(rand, dp.pruned_indices(labels, score, n0=100, frac=0.2, keep="random", seed=3))
+    assert not torch.equal(rand, dp.pruned_indices(labels, score, n0=100, frac=0.2, keep="random", seed=4))
+    # no balancing: one group, so hard takes the 20 highest scores overall (all from the last classes' range)
+    flat = dp.pruned_indices(labels, score, n0=100, frac=0.2, keep="hard", seed=3, groups=torch.zeros_like(labels))
+    assert flat.tolist() == sorted(original)[-20:]
+
+
+def test_nearest_prototype_clusters_blobs_and_load_embedding_checks_rows(tmp_path):
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [1.0, 0.05], [0.0, 1.0], [0.1, 0.9], [0.05, 1.0]])
+    dist, cluster = dp.nearest_prototype(emb, k=2, seed=0)
+    assert cluster[:3].unique().numel() == 1 and cluster[3:].unique().numel() == 1 and cluster[0] != cluster[3]
+    assert torch.equal(dist, dp.prototype_distance(emb, k=2, seed=0))
+    np.savez(tmp_path / "e.npz", embedding=emb.numpy(), labels=np.array([0, 0, 0, 1, 1, 1]))
+    loaded = dp.load_embedding(tmp_path / "e.npz", n=6)
+    assert torch.equal(loaded["embedding"], emb) and loaded["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="6 rows but the pool has 5"):
+        dp.load_embedding(tmp_path / "e.npz", n=5)
+    with pytest.raises(FileNotFoundError, match="embedding_path"):
+        dp.load_embedding(tmp_path / "missing.npz")

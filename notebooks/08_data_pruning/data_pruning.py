@@ -473,18 +473,67 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 100, seed: int = 0) -> tuple[to
     return centroids.float(), assign
 
 
-def prototype_distance(embedding: torch.Tensor, k: int, seed: int = 0, cosine: bool = True) -> torch.Tensor:
+def nearest_prototype(embedding: torch.Tensor, k: int, seed: int = 0, cosine: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The self-supervised prototype metric (this paper, §5): cluster the embeddings with k-means and score each
     example by its distance to the nearest centroid. Far from every prototype = hard; close = easy (redundant).
+    Returns ``(distance, cluster)`` per example; the clusters allow a label-free balance when pruning.
 
     With ``cosine`` the embeddings are L2-normalised first and the distance is ``1 - cos`` to the (normalised)
-    centroid, as in the paper's ImageNet scores; otherwise it is the Euclidean distance."""
+    centroid, as in the paper's ImageNet scores; otherwise it is the Euclidean distance. Above 50,000 examples
+    (ImageNet) the clustering is scikit-learn's mini-batch k-means; below, :func:`kmeans`."""
     z = F.normalize(embedding.double(), dim=1) if cosine else embedding.double()
-    centroids, _ = kmeans(z, k, seed=seed)
-    centroids = centroids.double()
+    if len(z) > 50_000:
+        from sklearn.cluster import MiniBatchKMeans
+
+        km = MiniBatchKMeans(k, random_state=seed, batch_size=8192, n_init=1).fit(z.float().numpy())
+        centroids = torch.from_numpy(km.cluster_centers_).double()
+    else:
+        centroids = kmeans(z, k, seed=seed)[0].double()
     if cosine:
-        return (1 - z @ F.normalize(centroids, dim=1).T).min(1).values.float()
-    return torch.cdist(z, centroids).min(1).values.float()
+        dist = torch.cat([(1 - z[i:i + 65536] @ F.normalize(centroids, dim=1).T).min(1).values
+                          for i in range(0, len(z), 65536)])
+        cluster = torch.cat([(z[i:i + 65536] @ F.normalize(centroids, dim=1).T).argmax(1)
+                             for i in range(0, len(z), 65536)])
+    else:
+        d = torch.cdist(z, centroids)
+        dist, cluster = d.min(1)
+    return dist.float(), cluster
+
+
+def prototype_distance(embedding: torch.Tensor, k: int, seed: int = 0, cosine: bool = True) -> torch.Tensor:
+    """Just the distances of :func:`nearest_prototype`: the prototype difficulty score (high = hard)."""
+    return nearest_prototype(embedding, k, seed, cosine)[0]
+
+
+def load_embedding(path, n: int | None = None) -> dict[str, torch.Tensor]:
+    """A user-supplied embedding: a ``.pt`` / ``.npy`` tensor (N×d, rows in pool order) or a ``.pt`` dict / ``.npz``
+    with ``embedding`` (N×d) and optionally ``labels`` (N). Checks the row count against ``n`` when given."""
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"embedding_path={str(path)!r} is not a file. Give a self-supervised embedding of the pool: an .npz or .pt "
+            "with 'embedding' (N×d) and, for ImageNet, 'labels' (N) - for the paper's setting, SwAV ResNet-50 "
+            "features of ImageNet's training images in the order of your label file.")
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            obj = {k: torch.from_numpy(f[k]) for k in f.files}
+    elif path.suffix == ".npy":
+        obj = {"embedding": torch.from_numpy(np.load(path))}
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = obj if isinstance(obj, dict) else {"embedding": obj}
+    if "embedding" not in obj:
+        raise ValueError(f"{path} holds {sorted(obj)}; it needs an 'embedding' array (N×d)")
+    emb = torch.as_tensor(obj["embedding"]).float().flatten(1)
+    if n is not None and len(emb) != n:
+        raise ValueError(f"{path} has {len(emb)} rows but the pool has {n} examples; one row per pool example")
+    out = {"embedding": emb}
+    if "labels" in obj:
+        out["labels"] = torch.as_tensor(obj["labels"]).long()
+    return out
 
 
 # ------------------------------------------------------------------------------------- scores from short runs
@@ -532,7 +581,8 @@ def supervised_scores(model_fn, train_set, *, runs: int, epochs: int, score_epoc
     results = []
     for r in range(runs):
         if cache_name:
-            results.append(cache.cached(cache_name, {**(cache_config or {}), "run": r, "seed": seed}, lambda: one_run(r)))
+            run_key = {**(cache_config or {}), "run": r, "seed": seed}
+            results.append(cache.cached(cache_name, run_key, lambda r=r: one_run(r)))
         else:
             results.append(one_run(r))
     correct = torch.stack([res["correct"] for res in results])
@@ -614,7 +664,8 @@ def simclr_train(encoder: Encoder, x: torch.Tensor, *, epochs: int, batch_size: 
     encoder.to(device).train()
     opt = torch.optim.Adam(encoder.parameters(), lr=lr, weight_decay=1e-6)
     steps = epochs * (len(x) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
+    cosine = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     losses = []
     bar = progress(range(epochs), desc="SimCLR") if progress else range(epochs)
     for _ in bar:
@@ -638,7 +689,8 @@ def simclr_train(encoder: Encoder, x: torch.Tensor, *, epochs: int, batch_size: 
 def embed(encoder: Encoder, x: torch.Tensor, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
     """The encoder's representation (before the projection head) of every image, in eval mode."""
     encoder.to(device).eval()
-    return torch.cat([encoder.embed(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    batches = (x[i:i + batch_size].to(device) for i in range(0, len(x), batch_size))
+    return torch.cat([encoder.embed(b).float().cpu() for b in batches])
 
 
 # ------------------------------------------------------------------------------------- prune, train, test
@@ -763,3 +815,50 @@ def pool_embedding(pool, s: dict, seed: int, device: str = "cpu") -> dict:
         return {"embedding": embed(enc, pool.x, device=device), "losses": losses}
 
     return cache.cached("08_data_pruning/simclr", {**key, "seed": seed}, compute)
+
+
+# ------------------------------------------------------------------------------------- pruned-data experiments (03–04)
+
+STRATEGIES = ("random", "easy", "hard")
+
+
+def pruned_indices(labels: torch.Tensor, score: torch.Tensor, n0: int, frac: float, keep: str, seed: int,
+                   groups: torch.Tensor | None = None) -> torch.Tensor:
+    """The training set of one pruning experiment, as indices into the pool.
+
+    First the *original dataset*: ``n0`` pool examples drawn stratified by class with ``seed``. Then pruning keeps
+    the fraction ``frac`` of it that ``keep`` asks for (``'random'``, ``'easy'`` = lowest ``score``, ``'hard'`` =
+    highest), separately within each ``groups`` value (the class labels by default, so every class keeps the same
+    fraction; pass k-means clusters for a label-free balance, or ``torch.zeros_like(labels)`` for none)."""
+    from prunebook import data
+
+    original = data.stratified_indices(labels, n0, seed)
+    groups = labels if groups is None else groups
+    g = torch.Generator().manual_seed(seed + 7919)  # the random keep's own stream, apart from the draw above
+    local = keep_indices_grouped(torch.as_tensor(score)[original], torch.as_tensor(groups)[original], frac, keep, g)
+    return original[local]
+
+
+def pruned_run(pool, test_set, s: dict, *, n0: int, frac: float, keep: str, metric: str, score: torch.Tensor,
+               seed: int, balance: str = "class", groups: torch.Tensor | None = None, device: str = "cpu") -> dict:
+    """Train a fresh classifier on one pruned training set and test it; cached.
+
+    ``s`` holds the series setup and the training settings (``model``, ``epochs``, ``min_steps``, ``lr``,
+    ``batch_size``, ``crop_padding``, ``flip``); ``metric`` names ``score`` in the cache key (random keeps ignore
+    the score and always balance classes, so all random runs share one key). ``balance`` names how ``groups`` were
+    made. Returns the test error and the kept set's size and class balance."""
+    from prunebook import cache
+
+    setup = ("dataset", "pool_size", "model", "score_runs", "score_epochs", "score_epoch", "epochs", "min_steps",
+             "lr", "batch_size", "crop_padding", "flip")
+    key = {**{k: s[k] for k in setup}, "n0": n0, "frac": frac, "keep": keep, "seed": seed,
+           "metric": "none" if keep == "random" else metric, "balance": "class" if keep == "random" else balance}
+
+    def compute():
+        idx = pruned_indices(pool.y, score, n0, frac, keep, seed, None if keep == "random" else groups)
+        out = train_and_test(lambda: make_model(s["model"], pool.num_classes, pool.x.shape[1]), pool, idx, test_set,
+                             epochs=s["epochs"], min_steps=s["min_steps"], batch_size=s["batch_size"], lr=s["lr"],
+                             crop_padding=s["crop_padding"], flip=s["flip"], seed=seed, device=device)
+        return {**out, **class_balance(pool.y, idx, pool.num_classes)}
+
+    return cache.cached("08_data_pruning/pruned_run", key, compute)
