@@ -732,6 +732,20 @@ def train_and_test(model_fn, train_set, idx: torch.Tensor, test_set, *, epochs: 
 
 MODELS = ("smallcnn", "smallcnn_half", "resnet18")
 
+# The pool, its scoring runs and the SimCLR encoder of each profile: one table for notebooks 02-04, so that they
+# share their cache (a change here re-scores the pool for all three).
+SETUP = {
+    "smoke": dict(dataset="fashion_mnist", pool_size=600, model="smallcnn_half", score_runs=2, score_epochs=2,
+                  score_epoch=1, grand_examples=None, lr=0.05, batch_size=128, crop_padding=2, flip=True,
+                  ssl_epochs=1, ssl_batch=128, ssl_lr=2e-3, ssl_temperature=0.2, k_protos=10),
+    "cpu": dict(dataset="fashion_mnist", pool_size=12000, model="smallcnn_half", score_runs=3, score_epochs=10,
+                score_epoch=2, grand_examples=None, lr=0.05, batch_size=128, crop_padding=2, flip=True,
+                ssl_epochs=12, ssl_batch=256, ssl_lr=2e-3, ssl_temperature=0.2, k_protos=10),
+    "paper": dict(dataset="cifar10", pool_size=50000, model="resnet18", score_runs=10, score_epochs=20,
+                  score_epoch=20, grand_examples=None, lr=0.1, batch_size=128, crop_padding=4, flip=True,
+                  ssl_epochs=200, ssl_batch=512, ssl_lr=1e-3, ssl_temperature=0.2, k_protos=10),
+}
+
 
 def make_model(kind: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """The classifier trained on (pruned) data: prunebook's ``SmallCNN`` (full or half width) for 28×28 images, or
