@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from prunebook import cache, data, display
 from prunebook.models import count_parameters
+from prunebook.prune import measure_latency
 from torch import nn
 
 NAMESPACE = "unetpp"
@@ -561,23 +562,23 @@ def evaluate_regions(model: NestedUNet, regions: list[dict[str, Any]], level: in
     return res
 
 
-@torch.no_grad()
+class _AtLevel(nn.Module):
+    """``net`` pruned to ``level``, as a one-argument module for :func:`prunebook.prune.measure_latency`."""
+
+    def __init__(self, net: NestedUNet, level: int | None):
+        super().__init__()
+        self.net, self.level = net, level
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.net(x, self.level)
+
+
 def latency(model: NestedUNet, level: int | None, batch: int, size: int = 96, repeats: int = 20,
             warmup: int = 3, device: str = "cpu") -> float:
     """Median seconds of one forward pass at ``level`` (batch ``batch`` of ``size``×``size`` images)."""
-    model.eval().to(device)
     x = torch.randn(batch, 1, size, size, device=device)
-    times = []
-    for k in range(warmup + repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        model(x, level)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if k >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    timing = measure_latency(_AtLevel(model.to(device), level), x, repeats=repeats, warmup=warmup)
+    return timing["median_ms"] / 1000
 
 
 def mean_sd(values) -> tuple[float, float]:
