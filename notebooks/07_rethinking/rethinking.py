@@ -5,7 +5,7 @@ weights it inherited better than training the same small architecture from a fre
 notebooks answer it with the pieces below.
 
 - Data and architectures: :func:`load_data`, architecture specs (plain dicts, so they can key the cache),
-  :func:`build`, :func:`arch_of`, :func:`vgg_widths`.
+  :func:`build`, :func:`arch_of`, ``vgg_widths`` (from ``prunebook.models``).
 - Budgets: :func:`scratch_b_epochs` (Scratch-B: the small model gets the large model's computation),
   :func:`macs` and :func:`sparse_macs` (multiply-accumulates, with zero weights skipped for unstructured pruning).
 - L1-norm filter pruning (Li et al., 2017), a *predefined* target architecture: :func:`filter_l1_norms`,
@@ -15,7 +15,8 @@ notebooks answer it with the pieces below.
 - Channel surgery shared by both: :func:`prune_channels` (torch-pruning removes the channels, the model really
   shrinks) and :func:`mask_channels` (the same channels zeroed in place, for checking the two agree).
 - Unstructured magnitude pruning (Han et al., 2015) and lottery tickets (Frankle & Carbin, 2019):
-  :func:`conv_params`, :func:`magnitude_masks`, :func:`apply_masks`, :func:`sparse_he_init_`.
+  :func:`magnitude_masks` (and :func:`magnitude_masks_of`, with its cache key), :func:`apply_masks`,
+  :func:`sparse_he_init_`.
 - Runs: :func:`train_run` trains one network through the cache; :func:`summarize` and :func:`within_spread`
   turn several seeds into mean ± spread and the comparison the claims use.
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 from prunebook import cache, data, models, prune, train
+from prunebook.models import vgg_widths  # noqa: F401  (R.vgg_widths in the notebooks)
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -84,11 +86,6 @@ def resnet_arch(depth: int, width: int = 16, mids: Sequence[int] | None = None, 
     mids = list(mids) if mids is not None else [s * width for s in (1, 2, 4) for _ in range(n)]
     return {"family": "resnet", "depth": depth, "width": width, "mids": [int(m) for m in mids],
             "in_channels": in_channels, "num_classes": num_classes}
-
-
-def vgg_widths(depth: int, width: float = 1.0) -> list[int]:
-    """The conv widths of VGG-``depth`` with every layer scaled by ``width``."""
-    return [max(1, round(v * width)) for v in models.VGG_LAYERS[depth] if v != "M"]
 
 
 def vgg_arch(depth: int, widths: Sequence[int], classifier: str = "linear", in_channels: int = 3,
@@ -393,18 +390,13 @@ def _closest_in_macs(arch: Callable[[float], dict[str, Any]], hi: float, target_
 # ---------------------------------------------------------------- unstructured pruning and lottery tickets
 
 
-def conv_params(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """The weights unstructured pruning acts on: every conv's (the official weight-level code prunes convs only)."""
-    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
-
-
 def magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
     """Han et al.'s criterion on a copy of ``model``: one global |w| threshold over all conv weights, removing
     ``sparsity`` of them. Returns the masks keyed by parameter name (``features.0.weight``)."""
     import copy
 
-    clone = copy.deepcopy(model)
-    prune.global_magnitude(clone, sparsity, params=conv_params(clone))
+    clone = copy.deepcopy(model)  # convs only, as the official weight-level code
+    prune.global_magnitude(clone, sparsity, params=prune.prunable(clone, types=(nn.Conv2d,)))
     return prune.masks(clone)
 
 
@@ -439,10 +431,8 @@ def random_masks_like(model: nn.Module, sparsities: Sequence[float], seed: int) 
     g = torch.Generator().manual_seed(seed)
     out = {}
     names = {m: n for n, m in model.named_modules()}
-    for (m, _), s in zip(conv_params(model), sparsities):
-        mask = torch.ones(m.weight.numel())
-        mask[torch.randperm(m.weight.numel(), generator=g)[: round(s * m.weight.numel())]] = 0
-        out[f"{names[m]}.weight"] = mask.view_as(m.weight)
+    for (m, _), s in zip(prune.prunable(model, types=(nn.Conv2d,)), sparsities):
+        out[f"{names[m]}.weight"] = prune.random_mask(m.weight, s, g)
     return out
 
 
@@ -503,10 +493,15 @@ def train_run(tag: str, key: dict[str, Any], make_model: Callable[[], nn.Module]
     return cache.cached(f"{NAMESPACE}/run", config, compute)
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Load a stored state (re-creating pruning masks it carries) into ``model``."""
-    train._load_model_state(model, state)
-    return model
+load_state = train.load_model_state  # a stored state, with the pruning masks it carries, into a model
+
+
+def magnitude_masks_of(arch: dict[str, Any], trained: dict[str, Any], recipe: Recipe, seed: int,
+                       sparsity: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`magnitude_masks` of a trained large model (a :func:`baseline` run) and the cache key that names
+    them; notebooks 03 and 04 share their runs through this key."""
+    masks = magnitude_masks(load_state(build(arch), trained["state"]), sparsity)
+    return masks, {"parent": parent_key(arch, recipe, seed), "sparsity": sparsity, "criterion": "global |w|, convs"}
 
 
 # ---------------------------------------------------------------- seeds: mean, spread, comparisons

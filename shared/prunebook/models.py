@@ -132,15 +132,22 @@ class VGG(nn.Module):
         return [v for v in self.layers if v != "M"]
 
 
+def vgg_widths(depth: int, width: float = 1.0) -> list[int]:
+    """The conv widths of VGG-``depth`` with every layer scaled by ``width`` (at least one channel each)."""
+    if depth not in VGG_LAYERS:
+        raise ValueError(f"depth={depth}; choose one of {sorted(VGG_LAYERS)}")
+    return [max(1, round(v * width)) for v in VGG_LAYERS[depth] if v != "M"]
+
+
 def vgg_cifar(depth: int = 16, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
               widths: Sequence[int] | None = None, classifier: str = "linear") -> VGG:
     """VGG-``depth`` with BN; ``width`` scales every layer, ``widths`` sets each conv's width (pruned nets)."""
     if depth not in VGG_LAYERS:
         raise ValueError(f"depth={depth}; choose one of {sorted(VGG_LAYERS)}")
+    if widths is None:
+        widths = vgg_widths(depth, width)
     base = VGG_LAYERS[depth]
     convs = [v for v in base if v != "M"]
-    if widths is None:
-        widths = [max(1, round(v * width)) for v in convs]
     if len(widths) != len(convs):
         raise ValueError(f"widths has {len(widths)} entries; VGG-{depth} has {len(convs)} conv layers")
     it = iter(widths)

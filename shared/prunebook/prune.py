@@ -81,15 +81,15 @@ def random_prune(model: nn.Module, sparsity: float, params: Params | None = None
     g = torch.Generator().manual_seed(seed)
     if layerwise:
         for m, n in params:
-            torch_prune.custom_from_mask(m, n, _random_mask(_effective(m, n), sparsity, g))
+            torch_prune.custom_from_mask(m, n, random_mask(_effective(m, n), sparsity, g))
         return
     sizes = [_effective(m, n).numel() for m, n in params]
-    flat = _random_mask(torch.empty(sum(sizes)), sparsity, g)
+    flat = random_mask(torch.empty(sum(sizes)), sparsity, g)
     for (m, n), chunk in zip(params, flat.split(sizes)):
         torch_prune.custom_from_mask(m, n, chunk.view_as(_effective(m, n)))
 
 
-def _random_mask(weight: torch.Tensor, sparsity: float, g: torch.Generator) -> torch.Tensor:
+def random_mask(weight: torch.Tensor, sparsity: float, g: torch.Generator) -> torch.Tensor:
     """A mask with exactly round(sparsity·n) zeros, placed at random."""
     mask = torch.ones(weight.numel())
     mask[torch.randperm(weight.numel(), generator=g)[: round(sparsity * weight.numel())]] = 0

@@ -145,8 +145,9 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1024, device: s
     return {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item()}
 
 
-def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a state dict, first re-creating any pruning masks the saved model had (``*_mask`` buffers)."""
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load a state dict, first re-creating any pruning masks the saved model had (``*_mask`` buffers);
+    returns ``model``."""
     modules = dict(model.named_modules())
     for key in state:
         if key.endswith("_mask"):
@@ -156,6 +157,7 @@ def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 torch_prune.identity(module, tensor_name)
     model.load_state_dict(state)
     refresh_masked_weights(model)
+    return model
 
 
 @torch.no_grad()
@@ -222,7 +224,7 @@ def fit(
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.exists():
         saved = cache.load(ckpt)
-        _load_model_state(model, saved["model"])
+        load_model_state(model, saved["model"])
         model.to(device, memory_format=memory_format)
         opt = state.optimizer = make_optimizer(model, optimizer, lr, momentum, weight_decay, nesterov)
         sched = state.scheduler = make_scheduler(opt, schedule, epochs, steps_per_epoch, milestones, gamma)
