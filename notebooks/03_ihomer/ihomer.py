@@ -284,19 +284,14 @@ def load_arff(path: str | os.PathLike, n_labels: int | None = None, name: str | 
                     {"file": path.name})
 
 
-def _search_folders(data_root: str | os.PathLike | None) -> list[tuple[str, Path | None]]:
-    env = os.environ.get("PRUNEBOOK_DATA")
-    return [("data_root", Path(data_root) if data_root else None), ("$PRUNEBOOK_DATA", Path(env) if env else None)]
-
-
 def find_arff(dataset: str, data_root: str | os.PathLike | None = None) -> Path:
     """The ARFF file of one of the paper's datasets, searched in ``data_root`` then ``$PRUNEBOOK_DATA`` (each folder
     itself, its ``multilabel/`` and ``<Dataset>/`` subfolders, any case); the clear prunebook error if absent."""
-    from prunebook.data import missing_dataset
+    from prunebook.data import missing_dataset, search_roots
 
     stems = PAPER_DATASETS.get(dataset, [dataset.lower()])
     tried = []
-    for label, folder in _search_folders(data_root):
+    for label, folder in search_roots(data_root):
         if folder is None:
             tried.append(f"{label} (not set)")
             continue
@@ -976,12 +971,13 @@ class IHOMER(base.MultiLabelClassifier):
                 self.odac.force_check()
                 self.events.append((self.t, "global drift", None))
 
-        # the label structure
-        yf = yv.astype(float)
-        self.n11 *= self.fading
-        self.n1 *= self.fading
-        self.n11 += np.outer(yf, yf)
-        self.n1 += yf
+        # the label structure (the faded co-occurrence counts are read only by the Jaccard merge)
+        if self.merge == "jaccard":
+            yf = yv.astype(float)
+            self.n11 *= self.fading
+            self.n1 *= self.fading
+            self.n11 += np.outer(yf, yf)
+            self.n1 += yf
         self.sizes[int(yv.sum())] += 1
         if self.replay:
             self._buffer.append((x, yv))
