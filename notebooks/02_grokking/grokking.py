@@ -379,9 +379,6 @@ class Run:
     config: dict = field(default_factory=dict)
     seconds: float = 0.0
 
-    def final(self, subset: str) -> np.ndarray:
-        return self.acc[subset][-1]
-
     def model(self, b: int) -> dict[str, torch.Tensor]:
         """The weights of model ``b`` alone, still stacked (B = 1)."""
         return {k: v[b:b + 1] for k, v in self.params.items()}

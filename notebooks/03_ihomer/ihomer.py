@@ -492,10 +492,6 @@ class LabelCluster:
     def active(self) -> bool:
         return self.children is None
 
-    @property
-    def depth(self) -> int:
-        return len(self.path)
-
     def update(self, y: np.ndarray) -> None:
         v = y[self.labels].astype(float)
         if len(v) > 1:
