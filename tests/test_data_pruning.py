@@ -208,3 +208,18 @@ def test_nearest_prototype_clusters_blobs_and_load_embedding_checks_rows(tmp_pat
         dp.load_embedding(tmp_path / "e.npz", n=5)
     with pytest.raises(FileNotFoundError, match="embedding_path"):
         dp.load_embedding(tmp_path / "missing.npz")
+
+
+def test_pruned_run_caches_per_pool_seed(tmp_cache, monkeypatch):
+    from prunebook.data import ImageSet
+
+    pool = ImageSet(torch.zeros(40, 1, 4, 4), torch.arange(40) % 2, ("a", "b"), "toy")
+    calls = []
+    monkeypatch.setattr(dp, "train_and_test", lambda *a, **k: calls.append(1) or {"error": 0.5, "n": 4})
+    s = dict(dataset="toy", pool_size=40, model="smallcnn_half", score_runs=1, score_epochs=1, score_epoch=1,
+             epochs=1, min_steps=0, lr=0.1, batch_size=8, crop_padding=0, flip=False, seed=0)
+    kw = dict(n0=20, frac=0.5, keep="hard", metric="el2n", score=torch.arange(40.0), seed=0)
+    dp.pruned_run(pool, pool, s, **kw)
+    dp.pruned_run(pool, pool, s, **kw)  # the same pool: from the cache
+    dp.pruned_run(pool, pool, {**s, "seed": 1}, **kw)  # a notebook run with seed=1 draws another pool
+    assert len(calls) == 2

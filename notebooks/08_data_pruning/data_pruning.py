@@ -22,8 +22,10 @@ cosine between student and teacher.
 - :func:`el2n`, :func:`grand` (Paul et al. 2021), :func:`forgetting_events` (Toneva et al. 2019),
   :func:`prototype_distance` (k-means in a self-supervised embedding; this paper, §5);
 - :func:`supervised_scores` trains a few short runs and records EL2N, GraNd and forgetting from them;
-- :func:`simclr_embed` trains a tiny SimCLR-style contrastive encoder (no labels) and embeds the images;
-- :func:`prune_by_score`, :func:`train_on_subset` — prune, train a fresh network, test it.
+- :func:`simclr_train` and :func:`embed` train a tiny SimCLR-style contrastive encoder (no labels) and embed
+  the images;
+- :func:`pruned_indices`, :func:`pruned_run` — draw an original dataset, prune it, train a fresh network on what
+  is kept and test it (notebooks 03–04).
 """
 
 from __future__ import annotations
@@ -490,14 +492,12 @@ def nearest_prototype(embedding: torch.Tensor, k: int, seed: int = 0, cosine: bo
         centroids = torch.from_numpy(km.cluster_centers_).double()
     else:
         centroids = kmeans(z, k, seed=seed)[0].double()
-    if cosine:
-        dist = torch.cat([(1 - z[i:i + 65536] @ F.normalize(centroids, dim=1).T).min(1).values
-                          for i in range(0, len(z), 65536)])
-        cluster = torch.cat([(z[i:i + 65536] @ F.normalize(centroids, dim=1).T).argmax(1)
-                             for i in range(0, len(z), 65536)])
+    if cosine:  # in chunks: ImageNet's 1.28 M × 1,000 similarities would not fit in memory at once
+        unit = F.normalize(centroids, dim=1)
+        best = [(z[i:i + 65536] @ unit.T).max(1) for i in range(0, len(z), 65536)]
+        dist, cluster = 1 - torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])
     else:
-        d = torch.cdist(z, centroids)
-        dist, cluster = d.min(1)
+        dist, cluster = torch.cdist(z, centroids).min(1)
     return dist.float(), cluster
 
 
@@ -857,15 +857,16 @@ def pruned_run(pool, test_set, s: dict, *, n0: int, frac: float, keep: str, metr
                seed: int, balance: str = "class", groups: torch.Tensor | None = None, device: str = "cpu") -> dict:
     """Train a fresh classifier on one pruned training set and test it; cached.
 
-    ``s`` holds the series setup and the training settings (``model``, ``epochs``, ``min_steps``, ``lr``,
-    ``batch_size``, ``crop_padding``, ``flip``); ``metric`` names ``score`` in the cache key (random keeps ignore
-    the score and always balance classes, so all random runs share one key). ``balance`` names how ``groups`` were
-    made. Returns the test error and the kept set's size and class balance."""
+    ``s`` holds the series setup, the pool's ``seed`` and the training settings (``model``, ``epochs``,
+    ``min_steps``, ``lr``, ``batch_size``, ``crop_padding``, ``flip``); ``metric`` names ``score`` in the cache
+    key (random keeps ignore the score and always balance classes, so all random runs share one key). ``balance``
+    names how ``groups`` were made. Returns the test error and the kept set's size and class balance."""
     from prunebook import cache
 
     setup = ("dataset", "pool_size", "model", "score_runs", "score_epochs", "score_epoch", "epochs", "min_steps",
              "lr", "batch_size", "crop_padding", "flip")
-    key = {**{k: s[k] for k in setup}, "n0": n0, "frac": frac, "keep": keep, "seed": seed,
+    # the pool (drawn with s["seed"]) is part of the key: seed=1 in a notebook draws another pool
+    key = {**{k: s[k] for k in setup}, "pool_seed": s["seed"], "n0": n0, "frac": frac, "keep": keep, "seed": seed,
            "metric": "none" if keep == "random" else metric, "balance": "class" if keep == "random" else balance}
 
     def compute():
