@@ -76,7 +76,7 @@ def test_run_report_and_list_on_a_demo_series(demo_root):
     assert (demo_root / "notebooks/00_demo/figures/smoke/demo_accuracy.png").is_file()
 
     report = prunebook("report", root=demo_root)
-    assert "| 00_demo | 01_demo | smoke |" in report.stdout and "n/a (smoke)" in report.stdout
+    assert "| 00_demo | 01_demo | smoke | paper |" in report.stdout and "| smoke |\n" in report.stdout
     assert (demo_root / "runs" / "report.md").is_file()
     assert "smoke: ran" in prunebook("list", root=demo_root).stdout
 
@@ -95,3 +95,12 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(demo_root):
     assert "1 of 2 notebooks ran at smoke" in out.stdout
     assert (series / "00_broken.ipynb").read_text() == before  # a failed run never overwrites its source
     assert json.loads(good.read_text())["cells"][2]["outputs"]  # the good one was run in place
+
+
+def test_a_refused_value_is_refused_once(demo_root):
+    series = demo_root / "notebooks" / "00_demo"
+    shutil.copyfile(series / "01_demo.ipynb", series / "02_again.ipynb")
+    out = prunebook("run", "--profile", "smoke", "-p", "seed=-1", root=demo_root)
+    assert out.returncode == 2
+    assert "seed=-1 must be a non-negative integer" in out.stderr
+    assert "[2/2]" not in out.stdout          # the second notebook never started

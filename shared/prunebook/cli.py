@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import claims
 from .config import PROFILES
 
 SERIES_RE = re.compile(r"^\d\d_[a-z0-9_]+$")
@@ -105,8 +106,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             for profile in PROFILES:
                 r = results.get((name, nb.stem, profile))
                 if r:
-                    held = sum(c["holds"] is True for c in r["claims"])
-                    verdict = "ran" if profile == "smoke" else f"{held}/{len(r['claims'])} claims hold"
+                    verdict = "ran" if profile == "smoke" else claims.summary(r["claims"])
                     status.append(f"{profile}: {verdict}, {r['wall_s']:.0f} s")
             print(f"  {nb.stem:<40} {'; '.join(status) or 'not run yet'}")
     return 0
@@ -183,7 +183,9 @@ def clean_executed(path: Path, root: Path) -> None:
 
 
 def run_notebook(nb: Path, out: Path, params: dict[str, Any], profile: str) -> str | None:
-    """Execute one notebook with papermill; returns None on success, else a one-paragraph error."""
+    """Execute one notebook with papermill; returns None on success, else a one-paragraph error. A bad parameter
+    value (``ConfigError`` from ``resolve()``) stops the whole run instead: every other notebook would refuse it
+    too."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -192,6 +194,8 @@ def run_notebook(nb: Path, out: Path, params: dict[str, Any], profile: str) -> s
         papermill.execute_notebook(str(nb), str(out), parameters={"profile": profile, **params}, cwd=str(nb.parent),
                                    kernel_name="python3", progress_bar=False, request_save_on_cell_execute=True)
     except PapermillExecutionError as exc:
+        if exc.ename == "ConfigError":  # a refused parameter is refused once, not once per notebook
+            raise UsageError(f"{nb.name}: {_one_line(exc.evalue)}") from None
         return f"cell {exc.cell_index} (execution count {exc.exec_count}): {exc.ename}: {_one_line(exc.evalue)}"
     except Exception as exc:  # kernel died, notebook unreadable, ...
         return f"{exc.__class__.__name__}: {_one_line(str(exc))}"
@@ -251,19 +255,37 @@ def _cell(value: Any) -> str:
 
 
 def report_markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| series | notebook | profile | claim | source | paper | measured | holds |",
-             "|---|---|---|---|---|---|---|---|"]
-    verdicts = {True: "yes", False: "**no**", None: "n/a (smoke)"}
-    counts = {}
+    """One table of every claim, then the count of paper claims per series (controls and checks apart)."""
+    lines = ["| series | notebook | profile | kind | claim | source | paper | measured | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    per_series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in sorted(results, key=lambda r: (r["series"], r["notebook"], PROFILES.index(r["profile"]))):
         for c in r["claims"]:
-            lines.append("| " + " | ".join(_cell(v) for v in (r["series"], r["notebook"], r["profile"], c["text"],
-                                                              c["source"], c["paper"], c["measured"])) +
-                         f" | {verdicts[c['holds']]} |")
-            held, total = counts.get(r["profile"], (0, 0))
-            counts[r["profile"]] = (held + (c["holds"] is True), total + 1)
-    summary = "; ".join(f"{p}: {h} of {t} claims hold" for p, (h, t) in counts.items() if p != "smoke")
-    return "\n".join(lines) + ("\n\n" + summary if summary else "") + "\n"
+            verdict = c.get("verdict") or {True: "holds", False: "fails"}.get(c["holds"], "smoke")
+            shown = verdict if verdict in ("holds", "smoke") else f"**{verdict}**"
+            lines.append("| " + " | ".join(_cell(v) for v in (r["series"], r["notebook"], r["profile"],
+                                                              c.get("kind", "paper"), c["text"], c["source"],
+                                                              c["paper"], c["measured"])) + f" | {shown} |")
+        if r["profile"] != "smoke":
+            per_series.setdefault((r["profile"], r["series"]), []).extend(r["claims"])
+    out = "\n".join(lines) + "\n"
+    if per_series:
+        out += "\n| profile | series | paper claims held | inconclusive | failed | controls held | checks held |\n"
+        out += "|---|---|---:|---:|---:|---:|---:|\n"
+        totals: dict[str, list[dict[str, Any]]] = {}
+        for (profile, series), cs in sorted(per_series.items()):
+            out += _count_row(profile, series, cs)
+            totals.setdefault(profile, []).extend(cs)
+        for profile, cs in totals.items():
+            out += _count_row(profile, "**all**", cs)
+    return out
+
+
+def _count_row(profile: str, series: str, cs: list[dict[str, Any]]) -> str:
+    t = claims.tally(cs)
+    p = t["paper"]
+    kinds = [f"{t[k]['holds']}/{sum(t[k].values())}" for k in ("control", "check")]
+    return f"| {profile} | {series} | {p['holds']} | {p['inconclusive']} | {p['fails']} | {kinds[0]} | {kinds[1]} |\n"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

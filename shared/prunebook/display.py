@@ -1,14 +1,16 @@
 """What notebooks show the reader: a function's source, progress bars, and interactive controls.
 
 Progress bars are ``tqdm.auto`` widgets when a person runs a notebook. Headless runs (the ``prunebook``
-runner and the tests set ``PRUNEBOOK_PLAIN_PROGRESS=1``) get plain text bars that update rarely, so the
-committed notebooks stay small and read well on GitHub. ``PRUNEBOOK_PROGRESS=0`` silences every bar.
+runner and the tests set ``PRUNEBOOK_PLAIN_PROGRESS=1``) get a plain line on stdout every 30 s and one at the
+end (no carriage returns, nothing on stderr), so the committed notebooks stay small and read well on GitHub.
+``PRUNEBOOK_PROGRESS=0`` silences every bar.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,12 +27,11 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs
     """A tqdm bar over ``iterable`` (or a manual one with ``total=``); see the module note for modes."""
     disable = not enabled or os.environ.get("PRUNEBOOK_PROGRESS") == "0"
     if os.environ.get("PRUNEBOOK_PLAIN_PROGRESS") == "1":
-        from tqdm.std import tqdm
-
         kwargs.setdefault("mininterval", 30.0)
         kwargs.setdefault("ascii", True)
-    else:
-        from tqdm.auto import tqdm
+        return _plain_bar()(iterable, disable=disable, file=sys.stdout, **kwargs)
+    from tqdm.auto import tqdm
+
     return tqdm(iterable, disable=disable, **kwargs)
 
 
@@ -53,3 +54,32 @@ def _starting_value(control: Any) -> Any:
     if isinstance(control, list):
         return control[0]
     return control
+
+
+def _plain_bar() -> type:
+    """A tqdm that prints each refresh as its own line on stdout (a stored notebook output keeps every ``\\r``
+    frame of a normal bar); tqdm's own cursor writes go to a sink."""
+    from tqdm.std import tqdm
+
+    class PlainBar(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._out, self._last_line = kwargs.pop("file"), None
+            super().__init__(*args, file=_Sink(), **kwargs)
+
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            line = (msg if msg is not None else self.__str__()).strip()
+            if line and line != self._last_line:
+                self._out.write(line + "\n")
+                self._out.flush()
+                self._last_line = line
+            return True
+
+    return PlainBar
+
+
+class _Sink:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,118 @@
+"""The one rule that decides claims, on hand-made numbers."""
+
+import math
+
+import prunebook
+import pytest
+from prunebook import claims, config
+from prunebook.claims import all_of, equivalent, exact, exceeds, interval, paired
+
+CONFIGS = {"smoke": {"n": 1}, "cpu": {"n": 2}}
+
+
+def test_t_interval_matches_the_textbook():
+    # mean 2, s.d. 2/sqrt(3), n = 4: half-width t(0.975, 3) * s.d. / sqrt(4)
+    mean, lo, hi = interval([1, 3, 1, 3])
+    assert mean == 2
+    assert hi - mean == pytest.approx(3.182446 * (2 / math.sqrt(3)) / 2, rel=1e-5)
+    assert mean - lo == pytest.approx(hi - mean)
+
+
+def test_one_seed_has_no_interval_and_decides_nothing():
+    assert interval([0.3]) == (0.3, -math.inf, math.inf)
+    d = paired([0.9], [0.1])
+    assert d.verdict == "inconclusive" and "one seed" in d.measured
+
+
+def test_clear_win_clear_loss_and_noise():
+    a = [0.80, 0.81, 0.82, 0.80, 0.81, 0.82]
+    better = [x + 0.05 + e for x, e in zip(a, (0.001, -0.002, 0.0, 0.002, -0.001, 0.0))]
+    noisy = [x + e for x, e in zip(a, (0.03, -0.02, 0.01, -0.03, 0.02, -0.005))]
+    assert paired(better, a, side=">").verdict == "holds"
+    assert paired(a, better, side=">").verdict == "fails"
+    assert paired(a, better, side="<").verdict == "holds"
+    assert paired(noisy, a, side=">").verdict == "inconclusive"
+
+
+def test_a_paper_margin_moves_the_line():
+    a, b = [1.0, 1.1, 0.9, 1.0], [0.0, 0.0, 0.0, 0.0]        # a − b ≈ 1.0 ± 0.13
+    assert paired(a, b, side=">", margin=0.5).verdict == "holds"
+    assert paired(a, b, side=">", margin=1.5).verdict == "fails"
+    assert paired(a, b, side=">", margin=1.0).verdict == "inconclusive"
+
+
+def test_pairing_removes_the_shared_seed_effect():
+    # seeds differ by a lot, the arms by a little, always in the same direction: paired, that is a clear win
+    b = [0.60, 0.70, 0.80, 0.90]
+    a = [x + 0.01 for x in b]
+    assert paired(a, b).verdict == "holds"
+
+
+def test_equivalence_inside_outside_and_straddling():
+    b = [0.5, 0.6, 0.7, 0.8, 0.5, 0.6]
+    inside = [x + e for x, e in zip(b, (0.002, -0.001, 0.0, 0.001, -0.002, 0.001))]
+    outside = [x + 0.1 + e for x, e in zip(b, (0.002, -0.001, 0.0, 0.001, -0.002, 0.001))]
+    straddle = [x + 0.02 + e for x, e in zip(b, (0.02, -0.02, 0.01, -0.01, 0.02, -0.02))]
+    assert equivalent(inside, b, margin=0.01).verdict == "holds"
+    assert equivalent(outside, b, margin=0.01).verdict == "fails"
+    assert equivalent(straddle, b, margin=0.02).verdict == "inconclusive"
+    with pytest.raises(ValueError, match="positive"):
+        equivalent(inside, b, margin=0)
+
+
+def test_threshold_over_seeds_and_exact_values():
+    assert exceeds([0.86, 0.87, 0.85], threshold=0.80).verdict == "holds"
+    assert exceeds([0.86, 0.84, 0.85], threshold=0.85).verdict == "inconclusive"
+    assert exceeds([0.70, 0.71, 0.69], threshold=0.80).verdict == "fails"
+    assert exceeds([0.02, 0.03, 0.01], threshold=0.10, side="<").verdict == "holds"
+    assert exact(15, threshold=10).verdict == "holds"
+    assert exact(10, threshold=10).verdict == "inconclusive"
+    assert exact(10, threshold=10, inclusive=True).verdict == "holds"
+    assert exact(3, threshold=10).verdict == "fails"
+
+
+def test_bootstrap_is_deterministic_and_inside_the_range():
+    x = [0.1, 0.4, 0.2, 0.3, 0.25]
+    assert interval(x, method="bootstrap") == interval(x, method="bootstrap")
+    mean, lo, hi = interval(x, method="bootstrap")
+    assert 0.1 <= lo < mean < hi <= 0.4
+    with pytest.raises(ValueError, match="method"):
+        interval(x, method="z")
+
+
+def test_all_of_needs_every_part():
+    win, noise, loss = exact(2, threshold=1), exact(1, threshold=1), exact(0, threshold=1)
+    assert all_of(win, win).verdict == "holds"
+    assert all_of(win, noise).verdict == "inconclusive"
+    assert all_of(win, noise, loss).verdict == "fails"
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="one value per seed"):
+        paired([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="side"):
+        paired([1, 2], [0, 1], side=">=")
+    with pytest.raises(ValueError, match="finite"):
+        interval([1.0, float("nan")])
+
+
+def test_paper_claims_need_the_rule_and_a_kind(in_series):
+    config.resolve(CONFIGS, "cpu", verbose=False)
+    table = prunebook.Claims("01_demo")
+    with pytest.raises(ValueError, match="kind"):
+        table.add("a", "x", "y", paper=1, holds=True, kind="claim")
+    with pytest.raises(ValueError, match="decided by prunebook.claims"):
+        table.add("a", "x", "y", paper=1, measured=1, holds=True, kind="paper")
+    with pytest.raises(ValueError, match="exactly one"):
+        table.add("a", "x", "y", paper=1, kind="control")
+    c = table.add("a", "x", "y", paper=1, kind="paper", decision=paired([1, 2, 3], [0, 1, 3.5]))
+    assert c.verdict == "inconclusive" and c.holds is False and c.test == "paired t, 3 seeds"
+
+
+def test_tally_counts_paper_claims_apart():
+    cs = [{"kind": "paper", "verdict": "holds"}, {"kind": "paper", "verdict": "inconclusive"},
+          {"kind": "check", "verdict": "holds"}, {"kind": "control", "verdict": "fails"},
+          {"holds": True}]                                   # an old file: kind paper, verdict from holds
+    t = claims.tally(cs)
+    assert t["paper"] == {"holds": 2, "fails": 0, "inconclusive": 1}
+    assert claims.summary(cs) == "paper claims: 2 hold, 1 inconclusive, 0 fail; controls 0/1 hold; checks 1/1 hold"
