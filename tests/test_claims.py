@@ -112,7 +112,18 @@ def test_paper_claims_need_the_rule_and_a_kind(in_series):
 def test_tally_counts_paper_claims_apart():
     cs = [{"kind": "paper", "verdict": "holds"}, {"kind": "paper", "verdict": "inconclusive"},
           {"kind": "check", "verdict": "holds"}, {"kind": "control", "verdict": "fails"},
-          {"holds": True}]                                   # an old file: kind paper, verdict from holds
+          {"holds": True}]                                   # a file written before the rule: counted apart
     t = claims.tally(cs)
-    assert t["paper"] == {"holds": 2, "fails": 0, "inconclusive": 1}
-    assert claims.summary(cs) == "paper claims: 2 hold, 1 inconclusive, 0 fail; controls 0/1 hold; checks 1/1 hold"
+    assert t["paper"] == {"holds": 1, "fails": 0, "inconclusive": 1}
+    assert t["legacy"] == {"holds": 1, "fails": 0, "inconclusive": 0}
+    assert claims.summary(cs) == ("paper claims: 1 hold, 1 inconclusive, 0 fail; controls 0/1 hold; checks 1/1 hold; "
+                                  "1 claims not yet decided by the shared rule (1 hold by their own test)")
+
+
+def test_an_unconverted_claim_is_kept_and_counted_apart(in_series):
+    config.resolve(CONFIGS, "cpu", verbose=False)
+    table = prunebook.Claims("01_demo")
+    c = table.add("old", "x", "y", paper=1, measured=1, holds=True)
+    assert c.kind == "paper" and c.verdict == "holds" and c.test == claims.LEGACY
+    t = claims.tally([{"kind": c.kind, "verdict": c.verdict, "test": c.test}])
+    assert t["paper"]["holds"] == 0 and t["legacy"]["holds"] == 1

@@ -55,6 +55,7 @@ VERDICTS = ("holds", "fails", "inconclusive", "smoke")
 SIDES = (">", "<")
 LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
+LEGACY = "legacy: the notebook's own test, not yet this rule"
 
 
 # ---------------------------------------------------------------- the rule
@@ -227,11 +228,20 @@ class Claims:
         self.cfg = self.cfg or config.current()
 
     def add(self, id: str, text: str, source: str, paper: Any, measured: Any = None, holds: bool | None = None, *,
-            kind: str, decision: Decision | None = None, note: str = "") -> Claim:
+            kind: str | None = None, decision: Decision | None = None, note: str = "") -> Claim:
         """Record one claim. A ``paper`` claim needs a ``decision`` from this module's rule; a control or check
-        may pass ``holds`` instead (a count, an identity). ``measured`` defaults to the decision's line."""
+        may pass ``holds`` instead (a count, an identity). ``measured`` defaults to the decision's line.
+
+        A claim with no ``kind`` comes from a notebook not yet converted to the rule: it is kept, marked
+        ``legacy``, and counted apart from the decided claims."""
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim id {id!r} is used twice in {self.notebook}")
+        if kind is None and decision is None and holds is not None:
+            verdict = "smoke" if self.cfg.profile == "smoke" else "holds" if holds else "fails"
+            claim = Claim(id, "paper", text, source, _plain(paper), _plain(measured), verdict,
+                          None if verdict == "smoke" else verdict == "holds", LEGACY, None, note)
+            self.claims.append(claim)
+            return claim
         if kind not in KINDS:
             raise ValueError(f"claim {id!r}: kind={kind!r}; choose one of {', '.join(KINDS)}")
         if (decision is None) == (holds is None):
@@ -289,11 +299,17 @@ class Claims:
 def tally(claims: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Counts by kind and verdict: ``{"paper": {"holds": 3, "inconclusive": 1, "fails": 0}, ...}``."""
     out = {k: dict.fromkeys(VERDICTS[:3], 0) for k in KINDS}
+    out["legacy"] = dict.fromkeys(VERDICTS[:3], 0)
     for c in claims:
         verdict = c.get("verdict") or {True: "holds", False: "fails"}.get(c.get("holds"), "smoke")
         if verdict != "smoke":
-            out[c.get("kind", "paper")][verdict] += 1
+            out["legacy" if is_legacy(c) else c.get("kind", "paper")][verdict] += 1
     return out
+
+
+def is_legacy(claim: dict[str, Any]) -> bool:
+    """A claim decided by its notebook's own test (a file written before this rule, or an unconverted call)."""
+    return "kind" not in claim or claim.get("test") == LEGACY
 
 
 def summary(claims: Sequence[dict[str, Any]]) -> str:
@@ -305,6 +321,9 @@ def summary(claims: Sequence[dict[str, Any]]) -> str:
         n = sum(t[kind].values())
         if n:
             parts.append(f"{label} {t[kind]['holds']}/{n} hold")
+    n = sum(t["legacy"].values())
+    if n:
+        parts.append(f"{n} claims not yet decided by the shared rule ({t['legacy']['holds']} hold by their own test)")
     return "; ".join(parts)
 
 

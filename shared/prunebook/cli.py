@@ -263,6 +263,8 @@ def report_markdown(results: list[dict[str, Any]]) -> str:
         for c in r["claims"]:
             verdict = c.get("verdict") or {True: "holds", False: "fails"}.get(c["holds"], "smoke")
             shown = verdict if verdict in ("holds", "smoke") else f"**{verdict}**"
+            if claims.is_legacy(c):
+                shown += " (own test, not the shared rule)"
             lines.append("| " + " | ".join(_cell(v) for v in (r["series"], r["notebook"], r["profile"],
                                                               c.get("kind", "paper"), c["text"], c["source"],
                                                               c["paper"], c["measured"])) + f" | {shown} |")
@@ -270,8 +272,9 @@ def report_markdown(results: list[dict[str, Any]]) -> str:
             per_series.setdefault((r["profile"], r["series"]), []).extend(r["claims"])
     out = "\n".join(lines) + "\n"
     if per_series:
-        out += "\n| profile | series | paper claims held | inconclusive | failed | controls held | checks held |\n"
-        out += "|---|---|---:|---:|---:|---:|---:|\n"
+        out += ("\n| profile | series | paper claims held | inconclusive | failed | controls held | checks held "
+                "| not yet under the shared rule |\n")
+        out += "|---|---|---:|---:|---:|---:|---:|---:|\n"
         totals: dict[str, list[dict[str, Any]]] = {}
         for (profile, series), cs in sorted(per_series.items()):
             out += _count_row(profile, series, cs)
@@ -285,7 +288,9 @@ def _count_row(profile: str, series: str, cs: list[dict[str, Any]]) -> str:
     t = claims.tally(cs)
     p = t["paper"]
     kinds = [f"{t[k]['holds']}/{sum(t[k].values())}" for k in ("control", "check")]
-    return f"| {profile} | {series} | {p['holds']} | {p['inconclusive']} | {p['fails']} | {kinds[0]} | {kinds[1]} |\n"
+    legacy = sum(t["legacy"].values())
+    return (f"| {profile} | {series} | {p['holds']} | {p['inconclusive']} | {p['fails']} | {kinds[0]} | {kinds[1]} "
+            f"| {legacy or ''} |\n")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
