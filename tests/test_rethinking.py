@@ -219,13 +219,12 @@ def test_sparse_he_init_keeps_zeros_and_rescales_by_the_surviving_fan():
 # ---------------------------------------------------------------- runs and statistics
 
 
-def test_within_spread_uses_the_larger_noise():
+def test_summaries_and_the_noninferiority_margin():
     assert R.summarize([0.9]) == (0.9, 0.0)
-    cmp = R.within_spread([0.80, 0.80], [0.81, 0.81], n_test=10_000)
-    assert cmp["tol"] == pytest.approx((0.805 * 0.195 / 10_000) ** 0.5)
-    assert cmp["holds"] is False  # 1 point apart, noise 0.4
-    assert R.within_spread([0.80, 0.82], [0.82, 0.82], n_test=10_000)["holds"] is True  # std 1.4 points
     assert R.fmt([0.9, 0.8]) == "85.00 ± 7.07"
+    # the margin is the paper's largest run-to-run std in Table 1 (ResNet-110-B, Scratch-E), as a fraction
+    assert R.NONINFERIORITY_MARGIN == pytest.approx(0.0043)
+    assert not hasattr(R, "within_spread")  # claims are decided by prunebook.claims only
 
 
 def test_train_run_is_cached_and_deterministic(tmp_cache):
