@@ -309,3 +309,33 @@ def test_average_ranks_friedman_nemenyi():
     assert ihomer.nemenyi_cd(10, 20) == pytest.approx(3.164 * math.sqrt(10 * 11 / 120), rel=1e-3)
     f = ihomer.friedman(np.array([[1, 2, 3]] * 10, dtype=float))
     assert f["chi2"] == pytest.approx(20.0) and f["p_chi2"] < 1e-4
+
+
+# ------------------------------------------------------------------ label dependence
+
+
+def test_dependence_statistic_by_hand():
+    # two labels, four instances: a on twice, b on twice, together once; independence gives 2 * 2 / 4 = 1
+    Y = np.array([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=bool)
+    assert ihomer.dependence_statistic(Y) == pytest.approx(0.0)
+    Y = np.array([[1, 1], [1, 1], [0, 0], [0, 0]], dtype=bool)  # together twice: |2 - 1| = 1
+    assert ihomer.dependence_statistic(Y) == pytest.approx(1.0)
+
+
+def test_permutation_test_finds_dependence_and_not_independence():
+    rng = np.random.default_rng(5)
+    dependent = two_block_labels(300, rng)
+    independent = rng.random((300, 6)) < 0.5
+    d = ihomer.dependence_permutation_test(dependent, n_permutations=199, seed=0)
+    i = ihomer.dependence_permutation_test(independent, n_permutations=199, seed=0)
+    assert d["p"] == pytest.approx(1 / 200)  # no shuffle comes near copied labels
+    assert i["p"] > 0.05
+    assert len(d["null"]) == 199
+
+
+def test_permutation_test_is_reproducible():
+    Y = np.random.default_rng(6).random((100, 4)) < 0.3
+    a = ihomer.dependence_permutation_test(Y, n_permutations=50, seed=2)
+    b = ihomer.dependence_permutation_test(Y, n_permutations=50, seed=2)
+    assert a["p"] == b["p"] and np.array_equal(a["null"], b["null"])
+

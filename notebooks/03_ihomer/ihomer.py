@@ -13,7 +13,8 @@ The pieces, in the order the notebooks use them:
   drift point.
 - **Evaluation.** :func:`prequential` (test-then-train: predict each instance, then learn it) and
   :func:`multilabel_scores` (subset accuracy, Hamming loss, micro/macro/example-based F1).
-- **Label dependencies.** :func:`jaccard_distance_matrix` from co-occurrence counts ``n11, n10, n01``.
+- **Label dependencies.** :func:`jaccard_distance_matrix` from co-occurrence counts ``n11, n10, n01``;
+  :func:`dependence_permutation_test`, a permutation test of label-pair dependence.
 - **Online label clustering.** :class:`JaccardODAC`, the online divisive-agglomerative clustering (ODAC, Rodrigues,
   Gama & Pedroso 2008) run over the label streams with the Jaccard distance; :func:`hoeffding_bound`,
   :func:`split_test`, :func:`aggregate_test`; :func:`merge_small_clusters` grows clusters smaller than the modal
@@ -438,6 +439,28 @@ def jaccard_from_counts(n11: np.ndarray, n1: np.ndarray) -> np.ndarray:
 def jaccard_distance_matrix(Y: np.ndarray) -> np.ndarray:
     """Pairwise Jaccard distances between the label columns of ``Y``."""
     return jaccard_from_counts(*cooccurrence_counts(Y))
+
+
+def dependence_statistic(Y: np.ndarray) -> float:
+    """How far the label pairs of ``Y`` are from independence: the sum over pairs ``a < b`` of
+    ``|n11[a, b] - n1[a] n1[b] / n|``, observed co-occurrences against what independent labels with the same
+    rates would give on average (in instances)."""
+    n11, n1 = cooccurrence_counts(Y)
+    iu = np.triu_indices(len(n1), 1)
+    return float(np.abs(n11 - np.outer(n1, n1) / len(Y))[iu].sum())
+
+
+def dependence_permutation_test(Y: np.ndarray, n_permutations: int = 9_999, seed: int = 0) -> dict:
+    """Permutation test of label-pair dependence. The null: the labels are independent of each other. Shuffling
+    each label column on its own across the instances keeps every label's rate and breaks every dependence; the
+    statistic (:func:`dependence_statistic`) of ``n_permutations`` such shuffles (fixed ``seed``) is the null
+    distribution, and the p-value is ``(1 + #{null >= observed}) / (1 + n_permutations)``."""
+    Y = np.asarray(Y, dtype=bool)
+    rng = np.random.default_rng(seed)
+    observed = dependence_statistic(Y)
+    null = np.array([dependence_statistic(rng.permuted(Y, axis=0)) for _ in range(n_permutations)])
+    p = (1 + int((null >= observed).sum())) / (1 + n_permutations)
+    return {"observed": observed, "null": null, "p": p, "n_permutations": n_permutations}
 
 
 # ============================================================================================ online label clustering
