@@ -301,10 +301,15 @@ def tally(claims: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
     out = {k: dict.fromkeys(VERDICTS[:3], 0) for k in KINDS}
     out["legacy"] = dict.fromkeys(VERDICTS[:3], 0)
     for c in claims:
-        verdict = c.get("verdict") or {True: "holds", False: "fails"}.get(c.get("holds"), "smoke")
+        verdict = verdict_of(c)
         if verdict != "smoke":
             out["legacy" if is_legacy(c) else c.get("kind", "paper")][verdict] += 1
     return out
+
+
+def verdict_of(claim: dict[str, Any]) -> str:
+    """A results-JSON claim's verdict; a file written before verdicts existed has only ``holds``."""
+    return claim.get("verdict") or {True: "holds", False: "fails"}.get(claim.get("holds"), "smoke")
 
 
 def is_legacy(claim: dict[str, Any]) -> bool:

@@ -261,7 +261,7 @@ def report_markdown(results: list[dict[str, Any]]) -> str:
     per_series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in sorted(results, key=lambda r: (r["series"], r["notebook"], PROFILES.index(r["profile"]))):
         for c in r["claims"]:
-            verdict = c.get("verdict") or {True: "holds", False: "fails"}.get(c["holds"], "smoke")
+            verdict = claims.verdict_of(c)
             shown = verdict if verdict in ("holds", "smoke") else f"**{verdict}**"
             if claims.is_legacy(c):
                 shown += " (own test, not the shared rule)"
