@@ -127,3 +127,9 @@ def test_an_unconverted_claim_is_kept_and_counted_apart(in_series):
     assert c.kind == "paper" and c.verdict == "holds" and c.test == claims.LEGACY
     t = claims.tally([{"kind": c.kind, "verdict": c.verdict, "test": c.test}])
     assert t["paper"]["holds"] == 0 and t["legacy"]["holds"] == 1
+
+
+def test_paired_names_its_units():
+    d = paired([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], units="cells")
+    assert d.test == "paired t, 3 cells"
+    assert "per cell" in d.measured and "seed" not in d.measured

@@ -119,43 +119,44 @@ def _num(v: float, scale: float, digits: int, sign: bool = True) -> str:
 
 
 def _describe(mean: float, lo: float, hi: float, n: int, test: str, scale: float, digits: int, unit: str,
-              per_seed: Sequence[float] | None, sign: bool = True) -> str:
+              per_seed: Sequence[float] | None, sign: bool = True, units: str = "seeds") -> str:
     text = f"{_num(mean, scale, digits, sign)}{unit}"
     if n > 1:
         text += f", 95 % CI [{_num(lo, scale, digits, sign)}, {_num(hi, scale, digits, sign)}]"
     text += f" ({test}"
     if per_seed is not None and 1 < len(per_seed) <= 12:
-        text += "; per seed " + ", ".join(_num(v, scale, digits, sign) for v in per_seed)
+        text += f"; per {units.removesuffix('s')} " + ", ".join(_num(v, scale, digits, sign) for v in per_seed)
     return text + ")"
 
 
-def _test_name(kind: str, n: int, method: str) -> str:
+def _test_name(kind: str, n: int, method: str, units: str = "seeds") -> str:
     if n == 1:
-        return "one seed: no interval"
-    return f"{kind}{'' if method == 't' else ' bootstrap'}, {n} seeds"
+        return f"one {units.removesuffix('s')}: no interval"
+    return f"{kind}{'' if method == 't' else ' bootstrap'}, {n} {units}"
 
 
 def paired(a: Sequence[float], b: Sequence[float], *, side: str = ">", margin: float = 0.0, scale: float = 1.0,
-           digits: int = 2, unit: str = "", method: str = "t") -> Decision:
-    """Is ``a − b`` on the paper's ``side`` of ``margin``? ``a[i]`` and ``b[i]`` come from the same seed."""
+           digits: int = 2, unit: str = "", method: str = "t", units: str = "seeds") -> Decision:
+    """Is ``a − b`` on the paper's ``side`` of ``margin``? ``a[i]`` and ``b[i]`` come from the same seed (or the
+    same other unit of pairing, named by ``units``: "cells", "timing rounds")."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired arms need one value per seed each; got {len(a)} and {len(b)}")
     diff = a - b
     mean, lo, hi = interval(diff, method=method)
-    test = _test_name("paired t", len(diff), method)
+    test = _test_name("paired t", len(diff), method, units)
     verdict = _side_verdict(lo, hi, side, margin)
-    measured = _describe(mean, lo, hi, len(diff), test, scale, digits, unit, diff)
+    measured = _describe(mean, lo, hi, len(diff), test, scale, digits, unit, diff, units=units)
     return Decision(verdict, mean, lo, hi, len(diff), test, measured)
 
 
 def equivalent(a: Sequence[float], b: Sequence[float], *, margin: float, scale: float = 1.0, digits: int = 2,
-               unit: str = "", method: str = "t") -> Decision:
+               unit: str = "", method: str = "t", units: str = "seeds") -> Decision:
     """Is ``a − b`` inside ``±margin``? ``holds`` when the whole interval is inside, ``fails`` when it lies wholly
     outside, ``inconclusive`` when it straddles an edge."""
     if margin <= 0:
         raise ValueError(f"an equivalence margin must be positive, got {margin}")
-    d = paired(a, b, side=">", scale=scale, digits=digits, unit=unit, method=method)
+    d = paired(a, b, side=">", scale=scale, digits=digits, unit=unit, method=method, units=units)
     inside = -margin < d.lo and d.hi < margin
     outside = d.lo > margin or d.hi < -margin
     d.verdict = "holds" if inside else "fails" if outside else "inconclusive"
@@ -165,13 +166,13 @@ def equivalent(a: Sequence[float], b: Sequence[float], *, margin: float, scale: 
 
 
 def exceeds(values: Sequence[float], *, threshold: float, side: str = ">", scale: float = 1.0, digits: int = 2,
-            unit: str = "", method: str = "t") -> Decision:
+            unit: str = "", method: str = "t", units: str = "seeds") -> Decision:
     """Is the mean of ``values`` (one per seed) on the paper's ``side`` of an absolute ``threshold``?"""
     x = np.asarray(values, dtype=float)
     mean, lo, hi = interval(x, method=method)
-    test = _test_name("t", len(x), method)
+    test = _test_name("t", len(x), method, units)
     verdict = _side_verdict(lo, hi, side, threshold)
-    measured = _describe(mean, lo, hi, len(x), test, scale, digits, unit, x, sign=False)
+    measured = _describe(mean, lo, hi, len(x), test, scale, digits, unit, x, sign=False, units=units)
     measured = measured.replace(" (", f" vs {side} {_num(threshold, scale, digits, False)}{unit} (", 1)
     return Decision(verdict, mean, lo, hi, len(x), test, measured)
 
