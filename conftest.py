@@ -4,6 +4,6 @@ whether pytest was given tests/, notebooks/ or one notebook."""
 import os
 
 os.environ["PRUNEBOOK_PROFILE"] = "smoke"
-os.environ["PRUNEBOOK_PLAIN_PROGRESS"] = "1"
+os.environ["PRUNEBOOK_HEADLESS"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -109,3 +109,14 @@ def test_current_and_key():
     other = resolve(CONFIGS, "cpu", seed=2, verbose=False)
     assert cfg.key() == same.key() != other.key()
     assert cfg.key("seed") == other.key("seed")
+
+
+def test_resolve_applies_the_style_without_importing_plots():
+    """config depends on style alone; plots depends on config (no import circle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib as mpl, prunebook.config as c; c.resolve({'smoke': {}, 'cpu': {}, 'paper': {}}, "
+            "'smoke', verbose=False); assert 'prunebook.plots' not in sys.modules; "
+            "assert mpl.rcParams['savefig.dpi'] == 160")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -68,7 +68,7 @@ def test_progress_can_be_silenced(monkeypatch):
 
 
 def test_headless_progress_is_plain_lines_on_stdout(monkeypatch, capsys):
-    monkeypatch.setenv("PRUNEBOOK_PLAIN_PROGRESS", "1")
+    monkeypatch.setenv("PRUNEBOOK_HEADLESS", "1")
     for _ in prunebook.progress(range(4), desc="runs", mininterval=0):
         pass
     out, err = capsys.readouterr()
@@ -79,7 +79,7 @@ def test_headless_progress_is_plain_lines_on_stdout(monkeypatch, capsys):
 def test_interact_headless_calls_the_function_once_with_starting_values(monkeypatch):
     import ipywidgets as widgets
 
-    monkeypatch.setenv("PRUNEBOOK_PLAIN_PROGRESS", "1")
+    monkeypatch.setenv("PRUNEBOOK_HEADLESS", "1")
     calls = []
     out = prunebook.interact(lambda k, metric, n: calls.append((k, metric, n)) or "drawn",
                              k=widgets.IntSlider(value=7, min=0, max=9), metric=["a", "b"], n=3)

@@ -218,8 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--only {args.only} matches no notebook of {', '.join(series)}")
     per_notebook = check_parameters(parse_parameters(args.param), notebooks)
 
-    # The kernels inherit these: plain-text progress bars, and the profile for anything that reads it.
-    os.environ["PRUNEBOOK_PLAIN_PROGRESS"] = "1"
+    # The kernels inherit these: headless (plain progress, no widgets), and the profile for whatever reads it.
+    os.environ["PRUNEBOOK_HEADLESS"] = "1"
     os.environ["PRUNEBOOK_PROFILE"] = args.profile
     failures = []
     for i, nb in enumerate(notebooks, 1):

@@ -142,9 +142,9 @@ def resolve(
     cfg["data_root"] = None if data_root is None else str(data_root)
     object.__setattr__(cfg, "started", time.time())
     seed_everything(seed)
-    from . import plots  # every notebook resolves its configuration first: give its figures the house style
+    from .style import use_style  # every notebook resolves its configuration first: give its figures the look
 
-    plots.use_style()
+    use_style()
     _current = cfg
     if verbose:
         print(describe(cfg))

@@ -1,9 +1,9 @@
 """What notebooks show the reader: a function's source, progress bars, and interactive controls.
 
-Progress bars are ``tqdm.auto`` widgets when a person runs a notebook. Headless runs (the ``prunebook``
-runner and the tests set ``PRUNEBOOK_PLAIN_PROGRESS=1``) get a plain line on stdout every 30 s and one at the
-end (no carriage returns, nothing on stderr), so the committed notebooks stay small and read well on GitHub.
-``PRUNEBOOK_PROGRESS=0`` silences every bar.
+Progress bars are ``tqdm.auto`` widgets when a person runs a notebook. Headless runs (:func:`headless`: the
+``prunebook`` runner and the tests set ``PRUNEBOOK_HEADLESS=1``) get a plain line on stdout every 30 s and one at
+the end (no carriage returns, nothing on stderr), so the committed notebooks stay small and read well on GitHub,
+and widgets become one static call. ``PRUNEBOOK_PROGRESS=0`` silences every bar.
 """
 
 from __future__ import annotations
@@ -13,6 +13,13 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
+
+HEADLESS = "PRUNEBOOK_HEADLESS"
+
+
+def headless() -> bool:
+    """True when no person watches the notebook (the runner, papermill, nbval): no widgets, plain progress."""
+    return os.environ.get(HEADLESS) == "1"
 
 
 def show(*objects: Callable | type) -> Any:
@@ -26,7 +33,7 @@ def show(*objects: Callable | type) -> Any:
 def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs: Any):
     """A tqdm bar over ``iterable`` (or a manual one with ``total=``); see the module note for modes."""
     disable = not enabled or os.environ.get("PRUNEBOOK_PROGRESS") == "0"
-    if os.environ.get("PRUNEBOOK_PLAIN_PROGRESS") == "1":
+    if headless():
         kwargs.setdefault("mininterval", 30.0)
         kwargs.setdefault("ascii", True)
         return _plain_bar()(iterable, disable=disable, file=sys.stdout, **kwargs)
@@ -36,12 +43,12 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs
 
 
 def interact(fn: Callable, **controls: Any) -> Any:
-    """``ipywidgets.interact(fn, **controls)`` when a person runs the notebook. In headless runs (the runner and
-    the tests set ``PRUNEBOOK_PLAIN_PROGRESS=1``) ``fn`` is called once with each control's starting value
+    """``ipywidgets.interact(fn, **controls)`` when a person runs the notebook. In headless runs (:func:`headless`)
+    ``fn`` is called once with each control's starting value
     instead: the notebook keeps a static output that reads on GitHub, and no interact traffic goes through
     papermill's client, which can hang on such cells (jupyter/nbclient#312). A control is a widget (its
     ``value``), a list of options (the first) or a fixed value."""
-    if os.environ.get("PRUNEBOOK_PLAIN_PROGRESS") == "1":
+    if headless():
         return fn(**{name: _starting_value(c) for name, c in controls.items()})
     import ipywidgets
 

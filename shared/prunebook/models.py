@@ -18,6 +18,8 @@ from torch import nn
 
 
 def count_parameters(model: nn.Module) -> int:
+    """All parameters the model stores; a weight pruned by a mask counts in full (``prune.count_nonzero`` does
+    not)."""
     return sum(p.numel() for p in model.parameters())
 
 

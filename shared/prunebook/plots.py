@@ -1,4 +1,4 @@
-"""One look for every figure, and one place figures are written.
+"""The one place figures are written (their look is ``prunebook.style``).
 
 ``savefig(fig, "fig2_grokking")`` writes ``figures/<profile>/fig2_grokking.png`` (for the web) and ``.pdf``
 (for slides) in the series folder, so a ``smoke`` run never overwrites the committed ``cpu`` figures.
@@ -8,35 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib as mpl
 import matplotlib.pyplot as plt
 
 from . import config
-
-# Colour-blind-safe (Okabe-Ito), in the order series use them.
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
-
-STYLE = {
-    "figure.dpi": 110,
-    "savefig.dpi": 160,
-    "savefig.bbox": "tight",
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    "legend.frameon": False,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.prop_cycle": mpl.cycler(color=PALETTE),
-    "image.cmap": "viridis",
-}
-
-
-def use_style() -> None:
-    """Apply the prunebook look to every later figure."""
-    mpl.rcParams.update(STYLE)
+from .style import PALETTE, use_style  # noqa: F401  (notebooks colour their lines with plots.PALETTE)
 
 
 def figures_dir(profile: str | None = None) -> Path:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models import count_parameters  # noqa: F401  (one implementation; pruning code reads it as prune.count_parameters)
 from .train import Callback, TrainState, refresh_masked_weights
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -131,11 +132,6 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of zero weights in each conv and linear layer, by module name."""
     return {name: int((m.weight == 0).sum()) / m.weight.numel()
             for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
-
-
-def count_parameters(model: nn.Module) -> int:
-    """All parameters the model stores (a masked weight counts in full; see ``count_nonzero``)."""
-    return sum(_effective(m, name).numel() for m in model.modules() for name in _own_params(m))
 
 
 def count_nonzero(model: nn.Module) -> int:
