@@ -195,9 +195,13 @@ def test_prequential_predicts_before_it_learns():
     assert run.P.shape == (5, 2) and not run.P.any()
 
 
-def test_scores_match_river_metrics():
+@pytest.mark.parametrize("empty", [False, True])
+def test_scores_match_river_metrics(empty):
     rng = np.random.default_rng(4)
     Y, P = rng.random((60, 5)) < 0.3, rng.random((60, 5)) < 0.4
+    if empty:  # a label never on nor predicted, and rows with nothing on nor predicted: F1's 0/0 cases
+        Y[:, 4] = P[:, 4] = False
+        Y[:10] = P[:10] = False
     river_metrics = {
         "subset_acc": metrics.multioutput.ExactMatch(),
         "micro_f1": metrics.multioutput.MicroAverage(metrics.F1()),
@@ -271,11 +275,11 @@ def test_ihomer_rebuilds_only_changed_clusters():
 def test_load_arff_meka_dense_and_sparse(tmp_path):
     dense = tmp_path / "toy.arff"
     dense.write_text("@relation 'toy: -C 2'\n@attribute A {0,1}\n@attribute B {0,1}\n"
-                     "@attribute x numeric\n@attribute c {r,g}\n@data\n1,0,0.5,g\n0,1,-1,r\n")
+                     "@attribute x numeric\n@attribute c {r,g}\n@data\n1,0,0.5,g\n0,1,-1,r\n1,1,?,?\n")
     s = ihomer.load_arff(dense)
     assert s.label_names == ["A", "B"] and s.feature_names == ["x", "c"]
-    assert s.Y.tolist() == [[True, False], [False, True]]
-    assert s.X.tolist() == [[0.5, 1.0], [-1.0, 0.0]]
+    assert s.Y.tolist() == [[True, False], [False, True], [True, True]]
+    assert s.X.tolist() == [[0.5, 1.0], [-1.0, 0.0], [0.0, 0.0]]  # a missing value is 0
     sparse = tmp_path / "sp.arff"
     sparse.write_text("@relation 'sp: -C -2'\n@attribute x1 numeric\n@attribute x2 numeric\n"
                       "@attribute L1 {0,1}\n@attribute L2 {0,1}\n@data\n{0 2.5,3 1}\n{1 1,2 1}\n")
@@ -339,3 +343,17 @@ def test_permutation_test_is_reproducible():
     b = ihomer.dependence_permutation_test(Y, n_permutations=50, seed=2)
     assert a["p"] == b["p"] and np.array_equal(a["null"], b["null"])
 
+
+
+def test_label_combination_predicts_the_winning_labelset_where_rivers_encoder_flips_it():
+    from river import multioutput, naive_bayes
+
+    ours = ihomer.LabelCombination(naive_bayes.GaussianNB())
+    river_lp = multioutput.MultiClassEncoder(naive_bayes.GaussianNB())
+    labelsets = [{"a": True, "b": False}, {"a": False, "b": True}, {"a": True, "b": True}]
+    for i in range(30):  # three labelsets, equally likely: the winning class has p = 1/3
+        ours.learn_one({"x": 1.0}, labelsets[i % 3])
+        river_lp.learn_one({"x": 1.0}, labelsets[i % 3])
+    assert ours.n_labelsets == 3
+    assert ours.predict_one({"x": 1.0}) == labelsets[0]          # the first class wins the tie
+    assert river_lp.predict_one({"x": 1.0}) == {"a": False, "b": True}   # labelset 0 with every label flipped

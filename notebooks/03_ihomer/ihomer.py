@@ -125,8 +125,7 @@ def moved_blocks(n_labels: int, n_blocks: int) -> list[list[int]]:
 
 def drifting_blocks(n: int = 10_000, *, n_labels: int = 16, n_blocks: int = 4, drift_at: int | None = 5_000,
                     p_on: float = 0.35, p_miss: float = 0.05, p_spurious: float = 0.02,
-                    n_informative: int = 3, n_noise: int = 8, separation: float = 1.2,
-                    feature_drift: bool = False, seed: int = 0) -> MLStream:
+                    n_informative: int = 3, n_noise: int = 8, separation: float = 1.2, seed: int = 0) -> MLStream:
     """A synthetic multi-label stream with planted label blocks and a drift that moves labels between blocks.
 
     Each block ``b`` has a hidden on/off state ``z_b ~ Bernoulli(p_on)``, drawn independently per instance. A label
@@ -136,7 +135,7 @@ def drifting_blocks(n: int = 10_000, *, n_labels: int = 16, n_blocks: int = 4, d
 
     At ``drift_at`` the labels are reassigned to blocks (:func:`moved_blocks`): the features still show the hidden
     states, but half the labels of each block now follow another block's state (a real drift of p(y|x), and a
-    change of the label dependencies). With ``feature_drift`` the sign patterns are redrawn too.
+    change of the label dependencies).
     ``info`` holds ``blocks_before``, ``blocks_after``, ``drift_at`` and the expected cardinality."""
     if n_labels % n_blocks:
         raise ValueError(f"n_labels={n_labels} must be a multiple of n_blocks={n_blocks}")
@@ -148,9 +147,7 @@ def drifting_blocks(n: int = 10_000, *, n_labels: int = 16, n_blocks: int = 4, d
 
     z = rng.random((n, n_blocks)) < p_on
     signs = rng.choice([-1.0, 1.0], size=(n_blocks, n_informative))
-    signs_after = rng.choice([-1.0, 1.0], size=(n_blocks, n_informative)) if feature_drift else signs
-    sign_t = np.where((np.arange(n) < drift)[:, None, None], signs[None], signs_after[None])
-    means = (z[:, :, None] * 2.0 - 1.0) * 0.5 * separation * sign_t
+    means = (z[:, :, None] * 2.0 - 1.0) * 0.5 * separation * signs[None]
     X = np.concatenate([(means + rng.standard_normal(means.shape)).reshape(n, -1),
                         rng.standard_normal((n, n_noise))], axis=1)
 
@@ -220,11 +217,14 @@ def _label_count_from_relation(relation: str) -> int | None:
 
 
 def load_arff(path: str | os.PathLike, n_labels: int | None = None, name: str | None = None) -> MLStream:
-    """A MEKA or MULAN multi-label ARFF file, dense or sparse, streamed in file order.
+    """A MEKA or MULAN multi-label ARFF file, dense or sparse, streamed in file order by river's ``iter_arff``.
 
     The labels are found from, in order: ``n_labels`` (positive: the first ``n_labels`` attributes; negative: the
     last ones), MEKA's ``-C n`` in the relation name (same sign convention), or a MULAN ``<stem>.xml`` beside the
-    file listing the label names. Nominal features become the index of their value (a simplification)."""
+    file listing the label names. Nominal features become the index of their value (a simplification); missing
+    values (``?``, or absent from a sparse row) are 0."""
+    from river import stream
+
     path = Path(path)
     lines = path.read_text(errors="replace").splitlines()
     relation, attrs, start = _arff_attributes(lines)
@@ -239,50 +239,26 @@ def load_arff(path: str | os.PathLike, n_labels: int | None = None, name: str | 
             raise ValueError(f"{path.name}: no '-C n' in the relation and no {xml.name} beside it; pass n_labels=")
         wanted = re.findall(r'<label\s+name="([^"]+)"', xml.read_text())
         idx = [names.index(w) for w in wanted]
-    label_set = set(idx)
-    feat_idx = [i for i in range(len(attrs)) if i not in label_set]
-    pos = {i: k for k, i in enumerate(feat_idx)}
-    lpos = {i: k for k, i in enumerate(idx)}
+    labels = [names[i] for i in idx]
+    features = [names[i] for i in range(len(attrs)) if i not in set(idx)]
+    nominal = dict(attrs)
+    data = [line.strip() for line in lines[start:] if line.strip() and not line.lstrip().startswith("%")]
+    sparse = bool(data) and data[0].startswith("{")
+
+    def number(feature: str, v: object) -> float:
+        # river gives numbers, or strings (nominal values, and every value of a sparse row)
+        values = nominal[feature]
+        if values is not None:
+            return float(values.index(v)) if v in values else 0.0
+        return float(v)
+
     X_rows, Y_rows = [], []
-
-    def value(i: int, tok: str) -> float:
-        tok = tok.strip().strip("'\"")
-        values = attrs[i][1]
-        if tok == "?":
-            return np.nan
-        if values is not None and i not in label_set:
-            return float(values.index(tok)) if tok in values else np.nan
-        return float(tok)
-
-    for raw in lines[start:]:
-        line = raw.strip()
-        if not line or line.startswith("%"):
-            continue
-        x = np.zeros(len(feat_idx))
-        y = np.zeros(len(idx), dtype=bool)
-        if line.startswith("{"):
-            for item in line.strip("{}").split(","):
-                item = item.strip()
-                if not item:
-                    continue
-                k, v = item.split(None, 1)
-                i = int(k)
-                if i in lpos:
-                    y[lpos[i]] = value(i, v) == 1.0
-                else:
-                    x[pos[i]] = value(i, v)
-        else:
-            toks = line.split(",")
-            for i, tok in enumerate(toks):
-                if i in lpos:
-                    y[lpos[i]] = value(i, tok) == 1.0
-                else:
-                    x[pos[i]] = value(i, tok)
-        X_rows.append(x)
-        Y_rows.append(y)
-    X = np.nan_to_num(np.array(X_rows))
-    return MLStream(name or path.stem, X, np.array(Y_rows), [names[i] for i in feat_idx], [names[i] for i in idx],
-                    {"file": path.name})
+    for x, y in stream.iter_arff(path, target=labels, sparse=sparse):
+        X_rows.append([number(f, x[f]) if f in x else 0.0 for f in features])
+        Y_rows.append([float(y[label]) == 1.0 for label in labels])
+    X = np.array(X_rows, dtype=float).reshape(len(X_rows), len(features))
+    Y = np.array(Y_rows, dtype=bool).reshape(len(Y_rows), len(labels))
+    return MLStream(name or path.stem, X, Y, features, labels, {"file": path.name})
 
 
 def find_arff(dataset: str, data_root: str | os.PathLike | None = None) -> Path:
@@ -350,15 +326,14 @@ def prediction_vector(pred: dict | None, labels: Sequence[str]) -> list[bool]:
     return [bool(pred.get(label)) for label in labels]
 
 
-def prequential(model: base.MultiLabelClassifier, stream: MLStream, name: str = "", progress: bool = True,
-                n: int | None = None) -> Run:
+def prequential(model: base.MultiLabelClassifier, stream: MLStream, name: str = "", progress: bool = True) -> Run:
     """Test-then-train: for every instance, predict it with the model as it stands, then learn it.
 
     Returns the predictions (``n×L`` bool, row ``t`` made before instance ``t`` was learnt) and the wall time of
     the whole loop (prediction and learning)."""
     from prunebook import progress as bar
 
-    records = stream.records()[: n or len(stream)]
+    records = stream.records()
     labels = stream.label_names
     P = np.zeros((len(records), len(labels)), dtype=bool)
     start = time.perf_counter()
@@ -387,24 +362,18 @@ def cached_prequential(name: str, factory: Callable[[], base.MultiLabelClassifie
     return Run(name, out["P"], out["seconds"], out.get("extra", {}))
 
 
-def _safe_div(num, den):
-    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
-    return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
-
-
 def multilabel_scores(Y: np.ndarray, P: np.ndarray) -> dict[str, float]:
-    """Subset accuracy, Hamming loss, micro-, macro- and example-based F1 of predictions ``P`` for labels ``Y``.
+    """Subset accuracy, Hamming loss, micro-, macro- and example-based F1 of predictions ``P`` for labels ``Y``
+    (scikit-learn's metrics). An F1 whose denominator is zero (no true and no predicted positive) counts as 0,
+    river's convention."""
+    from sklearn import metrics
 
-    An F1 whose denominator is zero (no true and no predicted positive) counts as 0, river's convention."""
     Y, P = np.asarray(Y, dtype=bool), np.asarray(P, dtype=bool)
-    tp, fp, fn = (Y & P).sum(0), (~Y & P).sum(0), (Y & ~P).sum(0)
-    inter, size = (Y & P).sum(1), Y.sum(1) + P.sum(1)
     return {
-        "subset_acc": float((Y == P).all(1).mean()),
-        "hamming": float((Y != P).mean()),
-        "micro_f1": float(_safe_div(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
-        "macro_f1": float(_safe_div(2 * tp, 2 * tp + fp + fn).mean()),
-        "example_f1": float(_safe_div(2 * inter, size).mean()),
+        "subset_acc": float(metrics.accuracy_score(Y, P)),
+        "hamming": float(metrics.hamming_loss(Y, P)),
+        **{f"{avg}_f1": float(metrics.f1_score(Y, P, average=avg, zero_division=0)) for avg in ("micro", "macro")},
+        "example_f1": float(metrics.f1_score(Y, P, average="samples", zero_division=0)),
     }
 
 
@@ -430,7 +399,7 @@ def jaccard_from_counts(n11: np.ndarray, n1: np.ndarray) -> np.ndarray:
     """Jaccard distance ``1 - n11 / (n11 + n10 + n01)`` for every pair, with ``n10 + n01 + n11 = n1[a] + n1[b] -
     n11``. A pair never seen on has distance 1 (nothing says they go together); the diagonal is 0."""
     union = n1[:, None] + n1[None, :] - n11
-    d = 1.0 - _safe_div(n11, union)
+    d = 1.0 - np.divide(n11, union, out=np.zeros(union.shape), where=union > 0)
     d[union <= 0] = 1.0
     np.fill_diagonal(d, 0.0)
     return d
@@ -660,32 +629,23 @@ def _common_prefix(a: str, b: str) -> str:
 
 
 def merge_small_clusters(clusters: Sequence[Sequence[int]], min_size: int, *, distance: np.ndarray | None = None,
-                         paths: Sequence[str] | None = None, max_size: int | None = None,
-                         prefer_small: bool = False) -> list[list[int]]:
+                         paths: Sequence[str] | None = None) -> list[list[int]]:
     """Merge clusters smaller than ``min_size`` into others until none is small (or none can grow).
 
     The smallest small cluster goes first. Its partner is, with ``distance`` (a label×label Jaccard distance
     matrix), the cluster at the smallest average-linkage distance; with ``paths`` (the clusters' positions in the
-    label tree), the one with the deepest common ancestor, which is the released code's sibling-first rule. With
-    ``prefer_small`` only other small clusters are partners while there are any. A merge may not exceed
-    ``max_size`` labels. The result is disjoint and covers the same labels."""
+    label tree), the one with the deepest common ancestor, which is the released code's sibling-first rule. The result
+    is disjoint and covers the same labels."""
     if distance is None and paths is None:
         raise ValueError("give a distance matrix or the tree paths")
     clusters = [sorted(c) for c in clusters]
     paths = list(paths) if paths is not None else [""] * len(clusters)
-    max_size = max_size or sum(len(c) for c in clusters)
-    stuck: set[tuple[int, ...]] = set()
     while len(clusters) > 1:
-        small = [i for i, c in enumerate(clusters) if len(c) < min_size and tuple(c) not in stuck]
+        small = [i for i, c in enumerate(clusters) if len(c) < min_size]
         if not small:
             break
         i = min(small, key=lambda k: (len(clusters[k]), clusters[k]))
-        options = [j for j in range(len(clusters)) if j != i and len(clusters[i]) + len(clusters[j]) <= max_size]
-        if prefer_small and any(len(clusters[j]) < min_size for j in options):
-            options = [j for j in options if len(clusters[j]) < min_size]
-        if not options:
-            stuck.add(tuple(clusters[i]))
-            continue
+        options = [j for j in range(len(clusters)) if j != i]
         if distance is not None:
             scores = [(float(distance[np.ix_(clusters[i], clusters[j])].mean()), len(clusters[j]), clusters[j], j)
                       for j in options]
@@ -724,7 +684,10 @@ def adjusted_rand(partition: Sequence[Sequence[int]], truth: Sequence[Sequence[i
 class LabelCombination(base.MultiLabelClassifier):
     """Label combination (label powerset): every distinct labelset seen is one class of a multi-class learner.
 
-    Predicts the labelset of the predicted class; before it has learnt anything, the empty labelset."""
+    Predicts the labelset of the predicted class; before it has learnt anything, the empty labelset. river's
+    ``multioutput.MultiClassEncoder`` encodes the same way, but its prediction turns each label of the winning
+    labelset off when that class's probability is below 0.5 (it predicts per label from p and 1 − p), which is
+    the common case with many labelsets; hence this class."""
 
     def __init__(self, model: base.Classifier):
         self.model = model
@@ -863,7 +826,7 @@ class IHOMER(base.MultiLabelClassifier):
       grows clusters smaller than the modal labelset size (partners by Jaccard distance from co-occurrence counts
       that fade with factor ``fading``, or by tree position with ``merge="tree"``).
     - ``learner()`` builds each cluster's model (default :func:`lc_tree`). When the partition changes, clusters
-      that survive keep their model; new clusters get a new one, first trained on the last ``replay`` instances.
+      that survive keep their model; new clusters get a new one.
     - Local drift: an ADWIN per cluster watches the cluster's exact-match error; when it detects a rise the
       cluster's model is rebuilt the same way. Global drift: an ADWIN on the whole prediction's exact-match error;
       a rise makes the label tree run its tests at once.
@@ -874,14 +837,14 @@ class IHOMER(base.MultiLabelClassifier):
 
     def __init__(self, learner: Callable[[], base.MultiLabelClassifier] = lc_tree, *, n_min: int = 300,
                  delta: float = 0.9, tau: float = 0.1, merge: str = "jaccard", fading: float = 0.995,
-                 replay: int = 0, local_drift: bool = True, global_drift: bool = True, adwin_delta: float = 0.002,
+                 local_drift: bool = True, global_drift: bool = True, adwin_delta: float = 0.002,
                  partition: str = "odac", seed: int = 0):
         if merge not in ("jaccard", "tree", "none"):
             raise ValueError(f"merge={merge!r}; choose 'jaccard', 'tree' or 'none'")
         if partition not in ("odac", "random"):
             raise ValueError(f"partition={partition!r}; choose 'odac' or 'random'")
         self.learner, self.n_min, self.delta, self.tau = learner, n_min, delta, tau
-        self.merge, self.fading, self.replay = merge, fading, replay
+        self.merge, self.fading = merge, fading
         self.local_drift, self.global_drift, self.adwin_delta = local_drift, global_drift, adwin_delta
         self.partition, self.seed = partition, seed
         self._rng = np.random.default_rng(seed)
@@ -893,8 +856,6 @@ class IHOMER(base.MultiLabelClassifier):
 
     # ---------------------------------------------------------------- set-up
     def _start(self, y: dict) -> None:
-        from collections import deque
-
         from river import drift
 
         self.labels = list(y)
@@ -902,7 +863,6 @@ class IHOMER(base.MultiLabelClassifier):
         self.odac = JaccardODAC(L, self.n_min, self.delta, self.tau)
         self.n11, self.n1 = np.zeros((L, L)), np.zeros(L)
         self.sizes: Counter = Counter()
-        self._buffer = deque(maxlen=max(self.replay, 1))
         self._adwin = drift.ADWIN
         self.global_adwin = drift.ADWIN(delta=self.adwin_delta)
         self.clusters: list[tuple[int, ...]] = []
@@ -910,16 +870,9 @@ class IHOMER(base.MultiLabelClassifier):
         self.monitors: dict = {}
         self._set_partition([list(range(L))])
 
-    def _new_model(self, cluster: tuple[int, ...]) -> base.MultiLabelClassifier:
-        model = self.learner()
-        if self.replay:
-            for x, yv in self._buffer:
-                model.learn_one(x, {self.labels[i]: bool(yv[i]) for i in cluster})
-        return model
-
     def _set_partition(self, clusters: list[list[int]]) -> None:
         new = [tuple(c) for c in sorted(clusters)]
-        models = {c: self.models[c] if c in self.models else self._new_model(c) for c in new}
+        models = {c: self.models[c] if c in self.models else self.learner() for c in new}
         monitors = {c: self.monitors.get(c) or self._adwin(delta=self.adwin_delta) for c in new}
         self.clusters, self.models, self.monitors = new, models, monitors
         self.history.append((self.t, [list(c) for c in new]))
@@ -978,7 +931,7 @@ class IHOMER(base.MultiLabelClassifier):
                 before = mon.estimation
                 mon.update(float(wrong))
                 if mon.drift_detected and mon.estimation > before:
-                    self.models[c] = self._new_model(c)
+                    self.models[c] = self.learner()
                     self.monitors[c] = self._adwin(delta=self.adwin_delta)
                     self.events.append((self.t, "local drift", list(c)))
         for c in self.clusters:
@@ -998,8 +951,6 @@ class IHOMER(base.MultiLabelClassifier):
             self.n11 += np.outer(yf, yf)
             self.n1 += yf
         self.sizes[int(yv.sum())] += 1
-        if self.replay:
-            self._buffer.append((x, yv))
         if self.odac.learn_one(yv):
             self._repartition()
 
