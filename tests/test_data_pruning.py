@@ -150,12 +150,18 @@ def test_prototype_distance_on_a_toy_embedding():
     assert torch.allclose(d_euc, torch.tensor([1.0, 1.0, 2.0, 2.0]))
 
 
-def test_kmeans_is_deterministic_for_a_seed():
-    x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
-    c1, a1 = dp.kmeans(x, 4, seed=7)
-    c2, a2 = dp.kmeans(x, 4, seed=7)
+def test_kmeans_finds_hand_made_clusters_and_is_deterministic():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.5 * torch.randn(40, 2, generator=g) for c in centres])
+    truth = torch.arange(3).repeat_interleave(40)
+    c1, a1 = dp.kmeans(x, 3, seed=7)
+    c2, a2 = dp.kmeans(x, 3, seed=7)
     assert torch.equal(a1, a2) and torch.equal(c1, c2)
-    assert set(a1.tolist()) == {0, 1, 2, 3}
+    for k in range(3):  # each true blob is one cluster, and the clusters differ
+        assert a1[truth == k].unique().numel() == 1
+    assert a1[[0, 40, 80]].unique().numel() == 3
+    assert torch.allclose(c1[a1[0]], x[:40].mean(0), atol=1e-5)
 
 
 def test_nt_xent_prefers_matching_views():
@@ -165,13 +171,11 @@ def test_nt_xent_prefers_matching_views():
     assert matched < 0.1 < shuffled
 
 
-def test_class_balance_and_train_epochs():
+def test_class_balance():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     assert dp.class_balance(labels, torch.tensor([0, 2, 4]), 3) == {"min_ratio": 1.0, "max_ratio": 1.0}
     unbalanced = dp.class_balance(labels, torch.tensor([0, 1, 2]), 3)
     assert unbalanced["min_ratio"] == 0.0 and math.isclose(unbalanced["max_ratio"], 2.0)
-    assert dp.train_epochs(1000, 5, 100, 0) == 5
-    assert dp.train_epochs(100, 5, 100, 50) == 50
 
 
 def test_pruned_indices_draw_the_original_set_then_keep_the_fraction_per_class():
@@ -210,16 +214,60 @@ def test_nearest_prototype_clusters_blobs_and_load_embedding_checks_rows(tmp_pat
         dp.load_embedding(tmp_path / "missing.npz")
 
 
-def test_pruned_run_caches_per_pool_seed(tmp_cache, monkeypatch):
-    from prunebook.data import ImageSet
+def test_whitened_pcs_are_uncorrelated_with_unit_variance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 1, 4, 4, generator=g) * torch.linspace(0.1, 3, 16).reshape(1, 1, 4, 4)
+    z, zt, explained = dp.whitened_pcs(x, x[:10], 5)
+    assert z.shape == (500, 5) and zt.shape == (10, 5) and 0 < explained < 1
+    assert torch.allclose(z.T @ z / 500, torch.eye(5, dtype=z.dtype), atol=1e-8)
+    assert torch.allclose(zt, z[:10])
 
-    pool = ImageSet(torch.zeros(40, 1, 4, 4), torch.arange(40) % 2, ("a", "b"), "toy")
+
+def test_fit_probe_reaches_the_optimum_and_fits_problems_independently():
+    from scipy.optimize import minimize
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 60, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (2, 60), generator=g)
+    w = dp.fit_probe(x, y, 3, l2=0.1, tol=1e-7)
+    for b in range(2):  # the same problem by scipy, one at a time
+        xb = torch.cat([x[b], torch.ones(60, 1, dtype=torch.float64)], 1).numpy()
+        yb = y[b].numpy()
+
+        def loss(v, xb=xb, yb=yb):
+            logits = xb @ v.reshape(4, 3)
+            logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+            return (logz - logits[np.arange(60), yb]).mean() + 0.05 * (v.reshape(4, 3)[:3] ** 2).sum()
+
+        ref = minimize(loss, np.zeros(12), method="BFGS", options={"gtol": 1e-9}).x.reshape(4, 3)
+        assert np.allclose(w[b].double().numpy(), ref, atol=1e-3)
+    err = dp.probe_error(w, x[0], y[0])
+    assert err.shape == (2,) and 0 <= err[0] < 1
+
+
+def test_early_probe_scores_grand_is_el2n_times_the_input_norm():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    s = dp.early_probe_scores(x, y, 2, runs=1, epochs=3, score_epoch=1, batch_size=32, lr=0.1, seed=0)
+    assert set(s) == {"el2n", "grand", "forgetting"}
+    assert torch.allclose(s["grand"], s["el2n"] * (x.pow(2).sum(1) + 1).sqrt().float(), rtol=1e-5)
+    assert (s["forgetting"] >= 0).all() and s["forgetting"].max() <= 3
+    again = dp.early_probe_scores(x, y, 2, runs=1, epochs=3, score_epoch=1, batch_size=32, lr=0.1, seed=0)
+    assert torch.equal(s["el2n"], again["el2n"])
+
+
+def test_probe_runs_are_cached_per_seed_list(tmp_cache, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    feats = {"x": torch.randn(80, 3, generator=g), "y": torch.arange(80) % 2, "test_x": torch.randn(20, 3),
+             "test_y": torch.arange(20) % 2, "classes": ["a", "b"]}
+    s = {k: 0 for k in dp.PROBE_KEYS} | {"l2": 1e-2, "tol": 1e-5, "max_iter": 100}
     calls = []
-    monkeypatch.setattr(dp, "train_and_test", lambda *a, **k: calls.append(1) or {"error": 0.5, "n": 4})
-    s = dict(dataset="toy", pool_size=40, model="smallcnn_half", score_runs=1, score_epochs=1, score_epoch=1,
-             epochs=1, min_steps=0, lr=0.1, batch_size=8, crop_padding=0, flip=False, seed=0)
-    kw = dict(n0=20, frac=0.5, keep="hard", metric="el2n", score=torch.arange(40.0), seed=0)
-    dp.pruned_run(pool, pool, s, **kw)
-    dp.pruned_run(pool, pool, s, **kw)  # the same pool: from the cache
-    dp.pruned_run(pool, pool, {**s, "seed": 1}, **kw)  # a notebook run with seed=1 draws another pool
+    real = dp.fit_probe
+    monkeypatch.setattr(dp, "fit_probe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = dict(n0=40, frac=0.5, keep="hard", metric="el2n", scores=[torch.arange(80.0)] * 2, seeds=[0, 1])
+    first = dp.probe_runs(feats, s, **kw)
+    assert first["n"] == [20, 20] and len(calls) == 1  # two seeds of one size: one batched fit
+    assert dp.probe_runs(feats, s, **kw) == first and len(calls) == 1  # from the cache
+    dp.probe_runs(feats, s, **{**kw, "seeds": [0, 2]})
     assert len(calls) == 2

@@ -17,15 +17,17 @@ cosine between student and teacher.
 - :func:`theory_perceptron` — the replica-symmetric theory: the order parameters of the max-margin student trained
   on pruned data, from the saddle-point conditions solved with scipy.
 
-**Deep nets (notebooks 02–04).** Per-example scores on an image set and pruning by them:
+**Scores and pruning on images (notebooks 02–04).**
 
 - :func:`el2n`, :func:`grand` (Paul et al. 2021), :func:`forgetting_events` (Toneva et al. 2019),
-  :func:`prototype_distance` (k-means in a self-supervised embedding; this paper, §5);
-- :func:`supervised_scores` trains a few short runs and records EL2N, GraNd and forgetting from them;
+  :func:`nearest_prototype` (scikit-learn's k-means in a self-supervised embedding; this paper, §5);
+- :func:`supervised_scores` trains a few short CNN runs and records EL2N, GraNd and forgetting from them (02);
 - :func:`simclr_train` and :func:`embed` train a tiny SimCLR-style contrastive encoder (no labels) and embed
-  the images;
-- :func:`pruned_indices`, :func:`pruned_run` — draw an original dataset, prune it, train a fresh network on what
-  is kept and test it (notebooks 03–04).
+  the images (02; 04 embeds every training image with it, :func:`embed_with`);
+- the linear-probe regime of notebooks 03–04: :func:`whitened_pcs` (fixed features), :func:`fit_probe` (a softmax
+  probe fitted to convergence), :func:`early_probe_scores` (EL2N, GraNd and forgetting for that probe),
+  :func:`pruned_indices` (draw an original dataset, keep a fraction per class or per cluster) and
+  :func:`probe_runs` (prune, fit and test for every seed, through the cache).
 """
 
 from __future__ import annotations
@@ -452,46 +454,29 @@ def forgetting_events(correct: torch.Tensor | np.ndarray, never_learned: float |
     return torch.where(c.any(0), events, torch.full_like(events, never_learned))
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 100, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain k-means (Lloyd's algorithm, k-means++ seeding), deterministic for a seed. Returns
-    ``(centroids k×d, assignment n)``."""
-    g = torch.Generator().manual_seed(seed)
-    x = x.double()
-    n = len(x)
-    centroids = x[torch.randint(n, (1,), generator=g)]
-    for _ in range(1, k):  # k-means++: the next centre with probability proportional to the squared distance
-        d2 = torch.cdist(x, centroids).min(1).values ** 2
-        centroids = torch.cat([centroids, x[torch.multinomial(d2 / d2.sum(), 1, generator=g)]])
-    assign = torch.full((n,), -1, dtype=torch.long)
-    for _ in range(iters):
-        new = torch.cdist(x, centroids).argmin(1)
-        if torch.equal(new, assign):
-            break
-        assign = new
-        for j in range(k):
-            members = x[assign == j]
-            if len(members):
-                centroids[j] = members.mean(0)
-    return centroids.float(), assign
+def kmeans(x: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means by scikit-learn (k-means++ seeding, ``random_state=seed``): ``KMeans`` up to 200,000 points,
+    ``MiniBatchKMeans`` above (ImageNet). Returns ``(centroids k×d, assignment n)``."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    z = torch.as_tensor(x).double().numpy()
+    if len(z) > 200_000:
+        km = MiniBatchKMeans(k, random_state=seed, batch_size=8192, n_init=1).fit(z)
+    else:
+        km = KMeans(k, random_state=seed, n_init=1).fit(z)
+    return torch.from_numpy(km.cluster_centers_).float(), torch.from_numpy(km.labels_).long()
 
 
 def nearest_prototype(embedding: torch.Tensor, k: int, seed: int = 0, cosine: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The self-supervised prototype metric (this paper, §5): cluster the embeddings with k-means and score each
-    example by its distance to the nearest centroid. Far from every prototype = hard; close = easy (redundant).
-    Returns ``(distance, cluster)`` per example; the clusters allow a label-free balance when pruning.
+    """The self-supervised prototype metric (this paper, §5): cluster the embeddings with k-means (:func:`kmeans`)
+    and score each example by its distance to the nearest centroid. Far from every prototype = hard; close = easy
+    (redundant). Returns ``(distance, cluster)`` per example; the clusters allow a label-free balance when pruning.
 
     With ``cosine`` the embeddings are L2-normalised first and the distance is ``1 - cos`` to the (normalised)
-    centroid, as in the paper's ImageNet scores; otherwise it is the Euclidean distance. Above 50,000 examples
-    (ImageNet) the clustering is scikit-learn's mini-batch k-means; below, :func:`kmeans`."""
+    centroid, as in the paper's ImageNet scores; otherwise it is the Euclidean distance."""
     z = F.normalize(embedding.double(), dim=1) if cosine else embedding.double()
-    if len(z) > 50_000:
-        from sklearn.cluster import MiniBatchKMeans
-
-        km = MiniBatchKMeans(k, random_state=seed, batch_size=8192, n_init=1).fit(z.float().numpy())
-        centroids = torch.from_numpy(km.cluster_centers_).double()
-    else:
-        centroids = kmeans(z, k, seed=seed)[0].double()
+    centroids = kmeans(z, k, seed=seed)[0].double()
     if cosine:  # in chunks: ImageNet's 1.28 M × 1,000 similarities would not fit in memory at once
         unit = F.normalize(centroids, dim=1)
         best = [(z[i:i + 65536] @ unit.T).max(1) for i in range(0, len(z), 65536)]
@@ -705,35 +690,12 @@ def class_balance(labels: torch.Tensor, idx: torch.Tensor, num_classes: int) -> 
     return {"min_ratio": float(ratio.min()), "max_ratio": float(ratio.max())}
 
 
-def train_epochs(n: int, epochs: int, batch_size: int, min_steps: int) -> int:
-    """Epochs to train a subset of ``n`` examples for: ``epochs``, or more when that would be fewer than
-    ``min_steps`` optimizer steps (a tiny subset would otherwise barely train)."""
-    per_epoch = math.ceil(n / batch_size)
-    return max(epochs, math.ceil(min_steps / per_epoch))
-
-
-def train_and_test(model_fn, train_set, idx: torch.Tensor, test_set, *, epochs: int, min_steps: int = 0,
-                   batch_size: int = 128, lr: float = 0.05, crop_padding: int = 2, flip: bool = True,
-                   seed: int = 0, device: str = "cpu", desc: str = "train") -> dict[str, float]:
-    """Train a fresh ``model_fn()`` on ``train_set[idx]`` and return its test error and accuracy."""
-    from prunebook import train
-
-    subset = train_set.subset(idx)
-    torch.manual_seed(seed)
-    model = model_fn().to(device)
-    n_epochs = train_epochs(len(subset), epochs, batch_size, min_steps)
-    train.fit(model, subset, epochs=n_epochs, batch_size=batch_size, lr=lr, crop_padding=crop_padding, flip=flip,
-              device=device, seed=seed, desc=desc, progress_bar=False)
-    acc = train.evaluate(model, test_set, device=device)["acc"]
-    return {"error": 1 - acc, "acc": acc, "epochs": n_epochs, "n": len(subset)}
-
-
-# ------------------------------------------------------------------------------------- setups shared by notebooks 02–04
+# ------------------------------------------------------------------------------------- the pool of notebooks 02 and 04
 
 MODELS = ("smallcnn", "smallcnn_half", "resnet18")
 
-# The pool, its scoring runs and the SimCLR encoder of each profile: one table for notebooks 02-04, so that they
-# share their cache (a change here re-scores the pool for all three).
+# The pool, its scoring runs and the SimCLR encoder of each profile: one table for notebooks 02 and 04, so that
+# they share their cache (a change here re-scores the pool for both).
 SETUP = {
     "smoke": dict(dataset="fashion_mnist", pool_size=600, model="smallcnn_half", score_runs=2, score_epochs=2,
                   score_epoch=1, grand_examples=None, lr=0.05, batch_size=128, crop_padding=2, flip=True,
@@ -814,7 +776,8 @@ def pool_scores(pool, s: dict, seed: int, device: str = "cpu") -> dict[str, torc
 
 
 def pool_embedding(pool, s: dict, seed: int, device: str = "cpu") -> dict:
-    """Train the tiny SimCLR encoder on the pool's images (labels unused) and embed them; cached."""
+    """Train the tiny SimCLR encoder on the pool's images (labels unused) and embed them; cached, with the
+    encoder's weights (``state``) so that other images can be embedded later (:func:`embed_with`)."""
     from prunebook import cache
     from prunebook.display import progress
 
@@ -826,12 +789,156 @@ def pool_embedding(pool, s: dict, seed: int, device: str = "cpu") -> dict:
         enc = make_encoder(s["model"], pool.x.shape[1])
         losses = simclr_train(enc, pool.x, epochs=s["ssl_epochs"], batch_size=s["ssl_batch"], lr=s["ssl_lr"],
                               temperature=s["ssl_temperature"], seed=seed, device=device, progress=progress)
-        return {"embedding": embed(enc, pool.x, device=device), "losses": losses}
+        state = {k: v.cpu() for k, v in enc.state_dict().items()}
+        return {"embedding": embed(enc, pool.x, device=device), "losses": losses, "state": state}
 
-    return cache.cached("08_data_pruning/simclr", {**key, "seed": seed}, compute)
+    return cache.cached("08_data_pruning/simclr", {**key, "seed": seed, "version": 2}, compute)
 
 
-# ------------------------------------------------------------------------------------- pruned-data experiments (03–04)
+def embed_with(state: dict, model: str, x: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    """Embed images ``x`` with a SimCLR encoder saved by :func:`pool_embedding` (its ``state``)."""
+    enc = make_encoder(model, x.shape[1])
+    enc.load_state_dict(state)
+    return embed(enc, x, device=device)
+
+
+# ------------------------------------------------------------------------------------- the linear-probe regime (03–04)
+# A softmax linear probe on fixed features, trained to convergence: the regime of the paper's theory (a model with
+# few parameters, data plentiful relative to them, every kept set fitted to its optimum).
+
+# The features, the probe and its scores of each profile: one table for notebooks 03 and 04, so that notebook 04
+# reuses notebook 03's scores and runs through the cache. l2: a weak ridge, so that a kept set smaller than the
+# 650 parameters still has one optimum; the same for every size, fraction and rule (not tuned). tol: L-BFGS stops
+# when every gradient entry is below it. Scores: EL2N and GraNd after score_epoch of score_epochs SGD epochs,
+# forgetting over all of them, averaged over score_runs probes from independent initialisations.
+PROBE = {
+    "smoke": dict(dataset="fashion_mnist", probe_pool=3000, n_pcs=16, l2=1e-3, tol=1e-5, max_iter=500,
+                  score_runs=2, score_epochs=2, score_epoch=1, score_batch=128, score_lr=0.05),
+    "cpu": dict(dataset="fashion_mnist", probe_pool=60000, n_pcs=64, l2=1e-3, tol=1e-5, max_iter=2000,
+                score_runs=4, score_epochs=10, score_epoch=1, score_batch=128, score_lr=0.05),
+}
+PROBE["paper"] = PROBE["cpu"]
+PROBE_KEYS = ("dataset", "probe_pool", "n_pcs", "l2", "tol", "max_iter", "score_runs", "score_epochs", "score_epoch",
+              "score_batch", "score_lr")
+
+
+def whitened_pcs(train_x: torch.Tensor, test_x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The first ``k`` principal components of the training images (pixels, centred), each scaled to unit variance
+    on the training set, for the training and the test images. Returns ``(z_train, z_test, explained)``:
+    float64 ``n×k`` arrays and the fraction of the pixel variance the ``k`` components hold. Deterministic (each
+    component's sign is fixed by its largest coordinate)."""
+    x, t = train_x.flatten(1).double(), test_x.flatten(1).double()
+    mean = x.mean(0)
+    xc = x - mean
+    evals, evecs = torch.linalg.eigh(xc.T @ xc / len(x))
+    order = evals.argsort(descending=True)[:k]
+    v, lam = evecs[:, order], evals[order]
+    v = v * torch.sign(v[v.abs().argmax(0), torch.arange(k)])
+    proj = v / lam.sqrt()
+    return xc @ proj, (t - mean) @ proj, float(lam.sum() / evals.sum())
+
+
+def _with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], -1)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: float, tol: float = 1e-6,
+              max_iter: int = 2000) -> torch.Tensor:
+    """Multinomial logistic regression, ``mean cross-entropy + l2/2 |W|^2`` (the bias is not penalised), fitted
+    to convergence by L-BFGS (strong Wolfe line search; stops when every gradient entry is below ``tol``).
+
+    ``x`` is ``B×n×d`` and ``y`` ``B×n``: ``B`` independent problems of the same size, fitted together (their
+    objectives add up and share no parameter, so the joint minimum is each one's minimum). The objective is
+    strictly convex, so the result does not depend on an initialisation. Single precision (twice as fast as double
+    here; the test errors agree to a test image or two). Returns ``B×(d+1)×C`` weights."""
+    b, n, _ = x.shape
+    xb = _with_bias(x.float())
+    w = torch.zeros(b, xb.shape[-1], num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-14,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = torch.bmm(xb, w).reshape(-1, num_classes)
+        loss = F.cross_entropy(logits, y.reshape(-1), reduction="sum") / n + 0.5 * l2 * w[:, :-1].pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+def probe_error(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Test error of each of the ``B`` probes ``w`` (``B×(d+1)×C``) on ``x`` (``n×d``), ``y`` (``n``)."""
+    pred = (_with_bias(x.float()) @ w.float()).argmax(-1)
+    return (pred != y).double().mean(-1)
+
+
+def early_probe_scores(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, runs: int, epochs: int,
+                       score_epoch: int, batch_size: int, lr: float, seed: int) -> dict[str, torch.Tensor]:
+    """EL2N, GraNd and forgetting scores for a linear softmax probe, the paper's (Paul et al.'s) way: ``runs``
+    probes from independent small random initialisations, trained by plain minibatch SGD (each its own order);
+
+    - ``el2n``: ``|softmax - onehot|`` after ``score_epoch`` epochs, averaged over runs;
+    - ``grand``: the norm of the example's own gradient at the same epoch; for a linear probe it is exactly
+      ``|softmax - onehot| * sqrt(|x|^2 + 1)``, averaged over runs;
+    - ``forgetting``: correct-to-wrong transitions between the end-of-epoch checks of all ``epochs``, averaged.
+
+    The runs train side by side as one batched model."""
+    g = torch.Generator().manual_seed(seed)
+    xb = _with_bias(x.double())
+    n, d = xb.shape
+    w = 0.01 * torch.randn(runs, d, num_classes, generator=g, dtype=torch.float64)
+    onehot = F.one_hot(y, num_classes).double()
+    history, out = [], {}
+    for epoch in range(1, epochs + 1):
+        order = torch.stack([torch.randperm(n, generator=g) for _ in range(runs)])
+        for i in range(0, n, batch_size):
+            idx = order[:, i:i + batch_size]
+            xi = xb[idx]
+            err = torch.softmax(torch.bmm(xi, w), -1) - onehot[idx]
+            w -= lr * torch.bmm(xi.transpose(1, 2), err) / idx.shape[1]
+        p = torch.softmax(xb @ w, -1)  # runs×n×C
+        history.append(p.argmax(-1) == y)
+        if epoch == score_epoch:
+            e = (p - onehot).norm(dim=-1)
+            out["el2n"] = e.mean(0)
+            out["grand"] = (e * (x.double().pow(2).sum(-1) + 1).sqrt()).mean(0)
+    correct = torch.stack(history, 1)  # runs×epochs×n
+    out["forgetting"] = torch.stack([forgetting_events(c) for c in correct]).mean(0)
+    return {k: v.float() for k, v in out.items()}
+
+
+def probe_features(s: dict, seed: int = 0, data_root: str | None = None) -> dict:
+    """The fixed features of notebooks 03–04: ``s['n_pcs']`` whitened principal components of the training
+    images (all of them, or a stratified ``s['probe_pool']`` at smoke), and of the test images; cached. ``index``
+    holds the rows of the training set used, in order."""
+    from prunebook import cache, data
+
+    def compute():
+        if s["dataset"] != "fashion_mnist":
+            raise ValueError(f"dataset={s['dataset']!r}: the linear-probe experiments use 'fashion_mnist'")
+        train, test = data.fashion_mnist("train", data_root), data.fashion_mnist("test", data_root)
+        index = torch.arange(len(train))
+        if s["probe_pool"] < len(train):
+            index = data.stratified_indices(train.y, s["probe_pool"], seed)
+        z_train, z_test, explained = whitened_pcs(train.x[index], test.x, s["n_pcs"])
+        return {"x": z_train, "y": train.y[index], "index": index, "test_x": z_test, "test_y": test.y,
+                "explained": explained, "classes": list(train.classes)}
+
+    key = {k: s[k] for k in ("dataset", "probe_pool", "n_pcs")}
+    return cache.cached("08_data_pruning/pcs", {**key, "seed": seed}, compute)
+
+
+def probe_scores(feats: dict, s: dict, seed: int) -> dict[str, torch.Tensor]:
+    """:func:`early_probe_scores` of every training example for one seed; cached."""
+    from prunebook import cache
+
+    key = {k: s[k] for k in PROBE_KEYS}
+    return cache.cached("08_data_pruning/probe_scores", {**key, "seed": seed}, lambda: early_probe_scores(
+        feats["x"], feats["y"], len(feats["classes"]), runs=s["score_runs"], epochs=s["score_epochs"],
+        score_epoch=s["score_epoch"], batch_size=s["score_batch"], lr=s["score_lr"], seed=seed))
+
 
 STRATEGIES = ("random", "easy", "hard")
 
@@ -853,27 +960,33 @@ def pruned_indices(labels: torch.Tensor, score: torch.Tensor, n0: int, frac: flo
     return original[local]
 
 
-def pruned_run(pool, test_set, s: dict, *, n0: int, frac: float, keep: str, metric: str, score: torch.Tensor,
-               seed: int, balance: str = "class", groups: torch.Tensor | None = None, device: str = "cpu") -> dict:
-    """Train a fresh classifier on one pruned training set and test it; cached.
+def probe_runs(feats: dict, s: dict, *, n0: int, frac: float, keep: str, metric: str,
+               scores: Sequence[torch.Tensor], seeds: Sequence[int], groups: Sequence[torch.Tensor] | None = None,
+               balance: str = "class") -> dict[str, list]:
+    """Prune, fit the probe to convergence, test: one value per seed; cached.
 
-    ``s`` holds the series setup, the pool's ``seed`` and the training settings (``model``, ``epochs``,
-    ``min_steps``, ``lr``, ``batch_size``, ``crop_padding``, ``flip``); ``metric`` names ``score`` in the cache
-    key (random keeps ignore the score and always balance classes, so all random runs share one key). ``balance``
-    names how ``groups`` were made. Returns the test error and the kept set's size and class balance."""
+    Seed ``seeds[i]`` draws its original dataset of ``n0`` examples, prunes it by ``scores[i]`` (that seed's
+    scores) within ``groups[i]`` (classes when ``None``) and fits a probe on what is kept. ``metric`` and
+    ``balance`` name the score and the grouping in the cache key (a random keep ignores both and balances
+    classes). Seeds whose kept sets have the same size are fitted together."""
     from prunebook import cache
 
-    setup = ("dataset", "pool_size", "model", "score_runs", "score_epochs", "score_epoch", "epochs", "min_steps",
-             "lr", "batch_size", "crop_padding", "flip")
-    # the pool (drawn with s["seed"]) is part of the key: seed=1 in a notebook draws another pool
-    key = {**{k: s[k] for k in setup}, "pool_seed": s["seed"], "n0": n0, "frac": frac, "keep": keep, "seed": seed,
+    key = {**{k: s[k] for k in PROBE_KEYS}, "n0": n0, "frac": frac, "keep": keep, "seeds": list(seeds),
            "metric": "none" if keep == "random" else metric, "balance": "class" if keep == "random" else balance}
+    y, num_classes = feats["y"], len(feats["classes"])
 
     def compute():
-        idx = pruned_indices(pool.y, score, n0, frac, keep, seed, None if keep == "random" else groups)
-        out = train_and_test(lambda: make_model(s["model"], pool.num_classes, pool.x.shape[1]), pool, idx, test_set,
-                             epochs=s["epochs"], min_steps=s["min_steps"], batch_size=s["batch_size"], lr=s["lr"],
-                             crop_padding=s["crop_padding"], flip=s["flip"], seed=seed, device=device)
-        return {**out, **class_balance(pool.y, idx, pool.num_classes)}
+        idx = [pruned_indices(y, scores[i], n0, frac, keep, seed,
+                              None if keep == "random" or groups is None else groups[i])
+               for i, seed in enumerate(seeds)]
+        error = [0.0] * len(seeds)
+        for size in sorted({len(i) for i in idx}):
+            which = [j for j, i in enumerate(idx) if len(i) == size]
+            sel = torch.stack([idx[j] for j in which])
+            w = fit_probe(feats["x"][sel], y[sel], num_classes, l2=s["l2"], tol=s["tol"], max_iter=s["max_iter"])
+            for j, e in zip(which, probe_error(w, feats["test_x"], feats["test_y"]).tolist()):
+                error[j] = e
+        return {"error": error, "n": [len(i) for i in idx],
+                "min_ratio": [class_balance(y, i, num_classes)["min_ratio"] for i in idx]}
 
-    return cache.cached("08_data_pruning/pruned_run", key, compute)
+    return cache.cached("08_data_pruning/probe_run", key, compute)
