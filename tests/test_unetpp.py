@@ -177,3 +177,36 @@ def test_patches_and_whole_region_prediction_shapes():
     m = U.build("UNet++ DS", filters=(2, 4, 8, 16, 32))
     p = U.predict_region(m, ims[0]["image"], level=3, tile=32)
     assert p.shape == (3, 70, 90) and (p >= 0).all() and (p <= 1).all()
+
+
+# ---------------------------------------------------------------- the head prior, the cache key, latency rounds
+
+
+def test_head_prior_starts_every_head_at_the_foreground_log_odds():
+    m = U.build("UNet++ DS", filters=(2, 4, 8, 16, 32))
+    m.set_head_prior(0.1)
+    for head in m.heads.values():
+        assert torch.allclose(head.bias, torch.full_like(head.bias, float(np.log(0.1 / 0.9))))
+    # with zero weights every pixel starts at the prior, on the background side of the 0.5 threshold
+    for head in m.heads.values():
+        head.weight.data.zero_()
+    p = torch.sigmoid(m.eval()(X)[-1])
+    assert torch.allclose(p, torch.full_like(p, 0.1), atol=1e-6)
+
+
+def test_foreground_fraction_pools_pixels():
+    masks = [np.ones((2, 2), bool), np.zeros((2, 6), bool)]
+    assert U.foreground_fraction(masks) == pytest.approx(4 / 16)
+    assert U.foreground_fraction(np.array([[0.0, 1.0]])) == pytest.approx(0.5)
+
+
+def test_run_key_carries_the_code_version_and_the_prior():
+    key = U.run_key("UNet++", {}, U.Recipe(), {"data": "x"}, 0, prior=0.123456789)
+    assert key["code"] == U.CODE_VERSION >= 2
+    assert key["head_prior"] == pytest.approx(0.123457)
+
+
+def test_latency_rounds_shape_and_positive():
+    m = U.build("UNet++ DS", filters=(2, 4, 8, 16, 32))
+    t = U.latency_rounds(m, (1, 4), batch=1, size=32, rounds=2, repeats=1, warmup=0)
+    assert t.shape == (2, 2) and (t > 0).all()
