@@ -111,6 +111,26 @@ def test_iterative_magnitude_pruning_schedule():
         prune.iterative_magnitude_pruning(_net(), train_fn, rounds=1)
 
 
+def test_iterative_pruning_with_fine_tuning_and_a_custom_prune_step():
+    net = _net()
+    calls = []
+
+    def step(model, target, params):
+        calls.append(round(target, 3))
+        prune.global_magnitude(model, target, params)
+
+    def train_fn(model, r):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        return {}
+
+    prune.iterative_magnitude_pruning(net, train_fn, rounds=2, rate=0.2, rewind_to="none", prune_step=step)
+    assert calls == [0.2, 0.36]
+    survivors = net[0].weight[net[0].weight_mask.bool()]
+    assert survivors.abs().min() > 1.0  # the trained weights went on (three rounds of +1), none was rewound
+
+
 def test_apply_masks_callback_zeroes_after_each_step():
     net = _net()
     masks = {"0.weight": (torch.rand(20, 10) > 0.5).float()}
@@ -183,3 +203,11 @@ def test_penalty_in_fit_shrinks_bn_scales():
     train.fit(penalised, ds, callbacks=[prune.BNL1Penalty(1e-2)], **kw)
     scale = lambda m: sum(b.weight.abs().sum() for b in m.modules() if isinstance(b, nn.BatchNorm2d))
     assert scale(penalised) < scale(plain)
+
+
+def test_global_magnitude_on_channels_last_convs():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3)).to(memory_format=torch.channels_last)
+    prune.global_magnitude(net, 0.5)
+    net.to(memory_format=torch.channels_last)  # as train.fit leaves a pruned CNN
+    prune.global_magnitude(net, 0.75)
+    assert prune.sparsity(net) == pytest.approx(0.75, abs=1 / 216)

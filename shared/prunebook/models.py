@@ -35,6 +35,9 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = nn.Conv2d(mid, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+        # ReLU modules rather than F.relu, so forward hooks see every activation (01_ap counts dead neurons),
+        # the one after the residual addition included
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
         self.pad = 0
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
@@ -45,13 +48,13 @@ class BasicBlock(nn.Module):
                                               nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.pad:
             skip = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         else:
             skip = self.shortcut(x)
-        return F.relu(out + skip)
+        return self.relu2(out + skip)
 
 
 class ResNetCIFAR(nn.Module):
@@ -69,6 +72,7 @@ class ResNetCIFAR(nn.Module):
             raise ValueError(f"mids has {len(mids)} widths; ResNet-{depth} has {3 * n} blocks")
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
         blocks, in_planes = [], width
         for b, mid in enumerate(mids):
             planes = stages[b // n]
@@ -80,7 +84,7 @@ class ResNetCIFAR(nn.Module):
         _init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.blocks(x)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 

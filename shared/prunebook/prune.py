@@ -61,6 +61,7 @@ def global_magnitude(model: nn.Module, sparsity: float, params: Params | None = 
     total = sum(_effective(m, n).numel() for m, n in params)
     extra = round(sparsity * total) - sum(_already_pruned(m, n) for m, n in params)
     if extra > 0:
+        _make_contiguous(params)
         torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=extra)
     else:
         _ensure_masks(params)
@@ -95,6 +96,17 @@ def random_mask(weight: torch.Tensor, sparsity: float, g: torch.Generator) -> to
     mask = torch.ones(weight.numel())
     mask[torch.randperm(weight.numel(), generator=g)[: round(sparsity * weight.numel())]] = 0
     return mask.view_as(weight).to(weight.device)
+
+
+@torch.no_grad()
+def _make_contiguous(params: Params) -> None:
+    """Weights (and masks) in the default memory format: ``global_unstructured`` flattens them with ``view``, which
+    fails on the channels-last convs that ``train.fit`` leaves behind (``fit`` converts them back)."""
+    for m, n in params:
+        for attr in (f"{n}_orig", f"{n}_mask") if hasattr(m, f"{n}_mask") else (n,):
+            t = getattr(m, attr)
+            t.data = t.data.contiguous()
+        refresh_masked_weights(m)
 
 
 def _ensure_masks(params: Params) -> None:
@@ -204,17 +216,23 @@ def iterative_magnitude_pruning(
     train_fn: Callable[[nn.Module, int], dict[str, Any]],
     rounds: int,
     rate: float = 0.2,
-    rewind_to: dict[str, torch.Tensor] | None = None,
+    rewind_to: dict[str, torch.Tensor] | str | None = None,
     params: Params | None = None,
     layerwise: bool = False,
+    prune_step: Callable[[nn.Module, float, Params], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train, prune ``rate`` of the remaining weights by magnitude, rewind, and repeat ``rounds`` times.
 
     ``train_fn(model, round)`` trains in place and returns metrics; ``rewind_to`` is a :func:`snapshot`
-    taken at initialisation (lottery tickets) or early in training (rewinding). After the last pruning the
-    model is trained once more, so the result has ``rounds + 1`` rows, sparsity 0 first."""
+    taken at initialisation (lottery tickets) or early in training (rewinding), or ``"none"`` to go on from the
+    pruned weights (pruning with fine-tuning, Han et al. 2015). After the last pruning the model is trained once
+    more, so the result has ``rounds + 1`` rows, sparsity 0 first.
+
+    ``prune_step(model, sparsity, params)`` replaces the magnitude pruning of each round: it must bring ``params``
+    to the total ``sparsity`` given (a method that runs on top of magnitude pruning, such as AP, plugs in here)."""
     if rewind_to is None:
-        raise ValueError("rewind_to is required: take prune.snapshot(model) at the point to rewind to")
+        raise ValueError("rewind_to is required: take prune.snapshot(model) at the point to rewind to, "
+                         "or pass rewind_to='none' to fine-tune the pruned weights instead")
     params = list(params) if params is not None else prunable(model)
     rows = []
     for r in range(rounds + 1):
@@ -222,8 +240,9 @@ def iterative_magnitude_pruning(
         if r == rounds:
             break
         target = 1 - (1 - rate) ** (r + 1)
-        (layerwise_magnitude if layerwise else global_magnitude)(model, target, params)
-        rewind(model, rewind_to)
+        (prune_step or (layerwise_magnitude if layerwise else global_magnitude))(model, target, params)
+        if rewind_to != "none":
+            rewind(model, rewind_to)
     return rows
 
 
