@@ -700,7 +700,7 @@ SETUP = {
     "smoke": dict(dataset="fashion_mnist", pool_size=600, model="smallcnn_half", score_runs=2, score_epochs=2,
                   score_epoch=1, grand_examples=None, lr=0.05, batch_size=128, crop_padding=2, flip=True,
                   ssl_epochs=1, ssl_batch=128, ssl_lr=2e-3, ssl_temperature=0.2, k_protos=10),
-    "cpu": dict(dataset="fashion_mnist", pool_size=12000, model="smallcnn_half", score_runs=3, score_epochs=10,
+    "cpu": dict(dataset="fashion_mnist", pool_size=12000, model="smallcnn_half", score_runs=2, score_epochs=10,
                 score_epoch=2, grand_examples=None, lr=0.05, batch_size=128, crop_padding=2, flip=True,
                 ssl_epochs=12, ssl_batch=256, ssl_lr=2e-3, ssl_temperature=0.2, k_protos=10),
     "paper": dict(dataset="cifar10", pool_size=50000, model="resnet18", score_runs=10, score_epochs=20,
