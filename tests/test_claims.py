@@ -133,3 +133,8 @@ def test_paired_names_its_units():
     d = paired([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], units="cells")
     assert d.test == "paired t, 3 cells"
     assert "per cell" in d.measured and "seed" not in d.measured
+
+
+def test_bootstrap_decisions_are_named_so():
+    assert paired([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], method="bootstrap").test == "paired bootstrap, 3 seeds"
+    assert exceeds([1.0, 2.0, 3.0], threshold=0, method="bootstrap").test == "bootstrap, 3 seeds"

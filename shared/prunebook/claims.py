@@ -132,7 +132,9 @@ def _describe(mean: float, lo: float, hi: float, n: int, test: str, scale: float
 def _test_name(kind: str, n: int, method: str, units: str = "seeds") -> str:
     if n == 1:
         return f"one {units.removesuffix('s')}: no interval"
-    return f"{kind}{'' if method == 't' else ' bootstrap'}, {n} {units}"
+    # "paired t" / "t", or with a bootstrap "paired bootstrap" / "bootstrap"
+    name = kind if method == "t" else " ".join([w for w in kind.split() if w != "t"] + ["bootstrap"])
+    return f"{name}, {n} {units}"
 
 
 def paired(a: Sequence[float], b: Sequence[float], *, side: str = ">", margin: float = 0.0, scale: float = 1.0,
