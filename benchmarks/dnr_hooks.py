@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from prunebook import config, data, models, train
+from prunebook import config, data, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks" / "01_ap"))
 import ap  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
     train_set = data.stratified_subset(data.fashion_mnist("train"), args.images, seed=0)
     print(f"device {device}, {torch.get_num_threads()} threads, {len(train_set)} images, {args.epochs} epochs a run")
     print(f"{'network':<16} {'off s/epoch':>12} {'on s/epoch':>12} {'on / off':>9}")
-    for name, make in (("LeNet-300-100", models.MLP), ("small CNN (BN)", models.SmallCNN)):
+    for name, make in (("LeNet-300-100", lambda: ap.build("lenet")), ("small CNN (BN)", lambda: ap.build("cnn"))):
         times = {False: [], True: []}
         for _ in range(args.repeats):
             for hooks in (False, True):

@@ -160,3 +160,10 @@ def test_imp_run_pairs_the_arms_and_resumes_from_the_cache(tmp_cache):
     assert ap.imp_run(ap.plan(settings, "lenet", arm="X+AP"), progress=False) == with_ap
     with pytest.raises(ValueError, match="arms"):
         ap.imp_run(ap.plan(settings, "lenet", arm="AP alone"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_count_equals_count_nonzero(dtype):
+    x = torch.randn(8, 5, 6, 6).relu().to(dtype).contiguous(memory_format=torch.channels_last)
+    assert int(ap._nonzero(x)) == int(torch.count_nonzero(x))
+    assert ap._nonzero(x, dims=(0, 2, 3)).tolist() == torch.count_nonzero(x, dim=(0, 2, 3)).tolist()
