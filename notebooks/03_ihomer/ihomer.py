@@ -326,15 +326,14 @@ def prediction_vector(pred: dict | None, labels: Sequence[str]) -> list[bool]:
     return [bool(pred.get(label)) for label in labels]
 
 
-def prequential(model: base.MultiLabelClassifier, stream: MLStream, name: str = "", progress: bool = True,
-                n: int | None = None) -> Run:
+def prequential(model: base.MultiLabelClassifier, stream: MLStream, name: str = "", progress: bool = True) -> Run:
     """Test-then-train: for every instance, predict it with the model as it stands, then learn it.
 
     Returns the predictions (``n×L`` bool, row ``t`` made before instance ``t`` was learnt) and the wall time of
     the whole loop (prediction and learning)."""
     from prunebook import progress as bar
 
-    records = stream.records()[: n or len(stream)]
+    records = stream.records()
     labels = stream.label_names
     P = np.zeros((len(records), len(labels)), dtype=bool)
     start = time.perf_counter()
@@ -363,24 +362,18 @@ def cached_prequential(name: str, factory: Callable[[], base.MultiLabelClassifie
     return Run(name, out["P"], out["seconds"], out.get("extra", {}))
 
 
-def _safe_div(num, den):
-    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
-    return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
-
-
 def multilabel_scores(Y: np.ndarray, P: np.ndarray) -> dict[str, float]:
-    """Subset accuracy, Hamming loss, micro-, macro- and example-based F1 of predictions ``P`` for labels ``Y``.
+    """Subset accuracy, Hamming loss, micro-, macro- and example-based F1 of predictions ``P`` for labels ``Y``
+    (scikit-learn's metrics). An F1 whose denominator is zero (no true and no predicted positive) counts as 0,
+    river's convention."""
+    from sklearn import metrics
 
-    An F1 whose denominator is zero (no true and no predicted positive) counts as 0, river's convention."""
     Y, P = np.asarray(Y, dtype=bool), np.asarray(P, dtype=bool)
-    tp, fp, fn = (Y & P).sum(0), (~Y & P).sum(0), (Y & ~P).sum(0)
-    inter, size = (Y & P).sum(1), Y.sum(1) + P.sum(1)
     return {
-        "subset_acc": float((Y == P).all(1).mean()),
-        "hamming": float((Y != P).mean()),
-        "micro_f1": float(_safe_div(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
-        "macro_f1": float(_safe_div(2 * tp, 2 * tp + fp + fn).mean()),
-        "example_f1": float(_safe_div(2 * inter, size).mean()),
+        "subset_acc": float(metrics.accuracy_score(Y, P)),
+        "hamming": float(metrics.hamming_loss(Y, P)),
+        **{f"{avg}_f1": float(metrics.f1_score(Y, P, average=avg, zero_division=0)) for avg in ("micro", "macro")},
+        "example_f1": float(metrics.f1_score(Y, P, average="samples", zero_division=0)),
     }
 
 
@@ -406,7 +399,7 @@ def jaccard_from_counts(n11: np.ndarray, n1: np.ndarray) -> np.ndarray:
     """Jaccard distance ``1 - n11 / (n11 + n10 + n01)`` for every pair, with ``n10 + n01 + n11 = n1[a] + n1[b] -
     n11``. A pair never seen on has distance 1 (nothing says they go together); the diagonal is 0."""
     union = n1[:, None] + n1[None, :] - n11
-    d = 1.0 - _safe_div(n11, union)
+    d = 1.0 - np.divide(n11, union, out=np.zeros(union.shape), where=union > 0)
     d[union <= 0] = 1.0
     np.fill_diagonal(d, 0.0)
     return d
@@ -833,7 +826,7 @@ class IHOMER(base.MultiLabelClassifier):
       grows clusters smaller than the modal labelset size (partners by Jaccard distance from co-occurrence counts
       that fade with factor ``fading``, or by tree position with ``merge="tree"``).
     - ``learner()`` builds each cluster's model (default :func:`lc_tree`). When the partition changes, clusters
-      that survive keep their model; new clusters get a new one, first trained on the last ``replay`` instances.
+      that survive keep their model; new clusters get a new one.
     - Local drift: an ADWIN per cluster watches the cluster's exact-match error; when it detects a rise the
       cluster's model is rebuilt the same way. Global drift: an ADWIN on the whole prediction's exact-match error;
       a rise makes the label tree run its tests at once.
@@ -844,14 +837,14 @@ class IHOMER(base.MultiLabelClassifier):
 
     def __init__(self, learner: Callable[[], base.MultiLabelClassifier] = lc_tree, *, n_min: int = 300,
                  delta: float = 0.9, tau: float = 0.1, merge: str = "jaccard", fading: float = 0.995,
-                 replay: int = 0, local_drift: bool = True, global_drift: bool = True, adwin_delta: float = 0.002,
+                 local_drift: bool = True, global_drift: bool = True, adwin_delta: float = 0.002,
                  partition: str = "odac", seed: int = 0):
         if merge not in ("jaccard", "tree", "none"):
             raise ValueError(f"merge={merge!r}; choose 'jaccard', 'tree' or 'none'")
         if partition not in ("odac", "random"):
             raise ValueError(f"partition={partition!r}; choose 'odac' or 'random'")
         self.learner, self.n_min, self.delta, self.tau = learner, n_min, delta, tau
-        self.merge, self.fading, self.replay = merge, fading, replay
+        self.merge, self.fading = merge, fading
         self.local_drift, self.global_drift, self.adwin_delta = local_drift, global_drift, adwin_delta
         self.partition, self.seed = partition, seed
         self._rng = np.random.default_rng(seed)
@@ -863,8 +856,6 @@ class IHOMER(base.MultiLabelClassifier):
 
     # ---------------------------------------------------------------- set-up
     def _start(self, y: dict) -> None:
-        from collections import deque
-
         from river import drift
 
         self.labels = list(y)
@@ -872,7 +863,6 @@ class IHOMER(base.MultiLabelClassifier):
         self.odac = JaccardODAC(L, self.n_min, self.delta, self.tau)
         self.n11, self.n1 = np.zeros((L, L)), np.zeros(L)
         self.sizes: Counter = Counter()
-        self._buffer = deque(maxlen=max(self.replay, 1))
         self._adwin = drift.ADWIN
         self.global_adwin = drift.ADWIN(delta=self.adwin_delta)
         self.clusters: list[tuple[int, ...]] = []
@@ -880,16 +870,9 @@ class IHOMER(base.MultiLabelClassifier):
         self.monitors: dict = {}
         self._set_partition([list(range(L))])
 
-    def _new_model(self, cluster: tuple[int, ...]) -> base.MultiLabelClassifier:
-        model = self.learner()
-        if self.replay:
-            for x, yv in self._buffer:
-                model.learn_one(x, {self.labels[i]: bool(yv[i]) for i in cluster})
-        return model
-
     def _set_partition(self, clusters: list[list[int]]) -> None:
         new = [tuple(c) for c in sorted(clusters)]
-        models = {c: self.models[c] if c in self.models else self._new_model(c) for c in new}
+        models = {c: self.models[c] if c in self.models else self.learner() for c in new}
         monitors = {c: self.monitors.get(c) or self._adwin(delta=self.adwin_delta) for c in new}
         self.clusters, self.models, self.monitors = new, models, monitors
         self.history.append((self.t, [list(c) for c in new]))
@@ -948,7 +931,7 @@ class IHOMER(base.MultiLabelClassifier):
                 before = mon.estimation
                 mon.update(float(wrong))
                 if mon.drift_detected and mon.estimation > before:
-                    self.models[c] = self._new_model(c)
+                    self.models[c] = self.learner()
                     self.monitors[c] = self._adwin(delta=self.adwin_delta)
                     self.events.append((self.t, "local drift", list(c)))
         for c in self.clusters:
@@ -968,8 +951,6 @@ class IHOMER(base.MultiLabelClassifier):
             self.n11 += np.outer(yf, yf)
             self.n1 += yf
         self.sizes[int(yv.sum())] += 1
-        if self.replay:
-            self._buffer.append((x, yv))
         if self.odac.learn_one(yv):
             self._repartition()
 
