@@ -19,16 +19,12 @@ be read, so the one here is our choice (every ReLU output element is a neuron; t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from prunebook import cache, data, models, prune, train
 from prunebook.train import Callback, TrainState
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 SCORES = ("delta", "magnitude", "random")
 
@@ -362,8 +358,17 @@ def imp_run(run: dict, *, data_root: str | None = None, device: str = "cpu", pro
     if run["model"] not in MODELS or run["method"] not in METHODS or run["arm"] not in ARMS:
         raise ValueError(f"unknown model, method or arm in {run}; models {MODELS}, methods {METHODS}, "
                          f"arms {tuple(ARMS)}")
-    key = {**run, "ap": ARMS[run["arm"]], "version": CODE_VERSION}
+    key = _run_key(run)
     return cache.cached("ap/run", key, lambda: _imp_run(key, data_root, device, progress))
+
+
+def _run_key(run: dict) -> dict:
+    return {**run, "ap": ARMS[run["arm"]], "version": CODE_VERSION}
+
+
+def _round_key(run: dict, r: int) -> dict:
+    # "rounds" is left out: a longer run shares its first rounds with a shorter one
+    return {**{k: v for k, v in _run_key(run).items() if k != "rounds"}, "round": r}
 
 
 def _imp_run(key: dict, data_root: str | None, device: str, progress: bool) -> list[dict]:
@@ -389,14 +394,12 @@ def _imp_run(key: dict, data_root: str | None, device: str, progress: bool) -> l
                           crop_padding=4 if cifar else 0, flip=cifar, seed=key["seed"] * 1000 + r, device=device,
                           callbacks=[meter], progress_bar=progress, desc=f"{key['arm']} seed {key['seed']} round {r}")
             row = {"test_acc": train.evaluate(model, test_set, device=device)["acc"],
-                   "dnr_epochs": list(meter.epochs), "dnr": sum(meter.epochs) / len(meter.epochs),
-                   "dnr_alive": meter.rate(alive_only=True)}
+                   "dnr_epochs": list(meter.epochs), "dnr": sum(meter.epochs) / len(meter.epochs)}
             static = static_dnr(model, test_set.x[: key["dnr_images"]], producers=producers)
             row.update({f"static_{k}" if k != "never_active" else k: v for k, v in static.items()})
             return {"state": model.state_dict(), "row": row}
 
-        # "rounds" is left out: a longer run shares its first rounds with a shorter one
-        done = cache.cached("ap/round", {**{k: v for k, v in key.items() if k != "rounds"}, "round": r}, compute)
+        done = cache.cached("ap/round", _round_key(key, r), compute)
         train.load_model_state(model, done["state"])
         return done["row"]
 
@@ -409,15 +412,6 @@ def network_after(run: dict, r: int, *, data_root: str | None = None, device: st
     """The network of ``run`` at the end of round ``r``'s training (its masks included), from the cache; the rounds
     up to ``r`` are run first if they are not there."""
     imp_run({**run, "rounds": r}, data_root=data_root, device=device, progress=progress)
-    key = {**run, "ap": ARMS[run["arm"]], "version": CODE_VERSION, "round": r}
-    key.pop("rounds", None)
-    state = cache.load(cache.path_for("ap/round", key))["state"]
+    state = cache.load(cache.path_for("ap/round", _round_key(run, r)))["state"]
     return train.load_model_state(initial_network(run), state)
 
-
-def summarize(rows: dict[tuple[str, int], list[dict]], field: str) -> pd.DataFrame:
-    """One value of ``field`` per (arm, seed) and round, as a long table: arm, seed, round, sparsity, value."""
-    import pandas as pd
-
-    return pd.DataFrame([{"arm": arm, "seed": seed, "round": row["round"], "sparsity": row["sparsity"],
-                          field: row[field]} for (arm, seed), run in rows.items() for row in run])
