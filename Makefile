@@ -3,6 +3,7 @@
 #   make reproduce                          every series at the cpu profile, then the claims report
 #   make reproduce SERIES=02_grokking PROFILE=paper ARGS="-p seed=1"
 #   make lab                                JupyterLab in the venv
+#   make book                               the website (notebooks, dashboard, gallery) in _build/book/
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ SERIES ?=
 ARGS ?=
 JOBS ?= auto
 
-.PHONY: setup test reproduce report list lab lint
+.PHONY: setup test reproduce report list lab lint book book-screenshot
 
 setup: $(VENV)/.installed
 
@@ -41,4 +42,14 @@ lab: setup
 	$(BIN)/jupyter lab notebooks
 
 lint: setup
-	$(BIN)/ruff check shared tests benchmarks notebooks
+	$(BIN)/ruff check shared tests benchmarks notebooks book
+
+# the committed notebooks and their stored outputs as a static site (never executed): open _build/book/index.html
+# (only what changed is rendered again; `$(BIN)/python book/build.py --fresh` renders every page)
+book: setup
+	$(BIN)/python book/build.py
+
+# book/dashboard.png, the README's picture of the claims dashboard (needs chromium and chromium-driver)
+book-screenshot: setup
+	$(BIN)/python book/build.py --screenshots _build/book/screenshots
+	cp _build/book/screenshots/dashboard.png book/dashboard.png

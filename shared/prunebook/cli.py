@@ -254,43 +254,62 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _ordered(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(results, key=lambda r: (r["series"], r["notebook"], PROFILES.index(r["profile"])))
+
+
+def claim_rows(results: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every claim with its results file, in the report's order (series, notebook, profile)."""
+    return [(r, c) for r in _ordered(results) for c in r["claims"]]
+
+
+def count_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The claim counts per profile and series (smoke runs prove nothing and are left out), then one row per
+    profile over all series (``series`` is ``"all"``). Paper claims by verdict; controls and checks as held/total;
+    ``legacy``: claims still decided by their notebook's own test."""
+    per_series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in _ordered(results):
+        if r["profile"] != "smoke":
+            per_series.setdefault((r["profile"], r["series"]), []).extend(r["claims"])
+    totals: dict[str, list[dict[str, Any]]] = {}
+    keys = sorted(per_series)
+    for profile, series in keys:
+        totals.setdefault(profile, []).extend(per_series[profile, series])
+    return ([_counts(profile, series, per_series[profile, series]) for profile, series in keys]
+            + [_counts(profile, "all", cs) for profile, cs in totals.items()])
+
+
+def _counts(profile: str, series: str, cs: list[dict[str, Any]]) -> dict[str, Any]:
+    t = claims.tally(cs)
+    p = t["paper"]
+    return {"profile": profile, "series": series, "held": p["holds"], "inconclusive": p["inconclusive"],
+            "failed": p["fails"], "controls": f"{t['control']['holds']}/{sum(t['control'].values())}",
+            "checks": f"{t['check']['holds']}/{sum(t['check'].values())}", "legacy": sum(t["legacy"].values())}
+
+
 def report_markdown(results: list[dict[str, Any]]) -> str:
     """One table of every claim, then the count of paper claims per series (controls and checks apart)."""
     lines = ["| series | notebook | profile | kind | claim | source | paper | measured | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
-    per_series: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in sorted(results, key=lambda r: (r["series"], r["notebook"], PROFILES.index(r["profile"]))):
-        for c in r["claims"]:
-            verdict = claims.verdict_of(c)
-            shown = verdict if verdict in ("holds", "smoke") else f"**{verdict}**"
-            if claims.is_legacy(c):
-                shown += " (own test, not the shared rule)"
-            lines.append("| " + " | ".join(_cell(v) for v in (r["series"], r["notebook"], r["profile"],
-                                                              c.get("kind", "paper"), c["text"], c["source"],
-                                                              c["paper"], c["measured"])) + f" | {shown} |")
-        if r["profile"] != "smoke":
-            per_series.setdefault((r["profile"], r["series"]), []).extend(r["claims"])
+    for r, c in claim_rows(results):
+        verdict = claims.verdict_of(c)
+        shown = verdict if verdict in ("holds", "smoke") else f"**{verdict}**"
+        if claims.is_legacy(c):
+            shown += " (own test, not the shared rule)"
+        lines.append("| " + " | ".join(_cell(v) for v in (r["series"], r["notebook"], r["profile"],
+                                                          c.get("kind", "paper"), c["text"], c["source"],
+                                                          c["paper"], c["measured"])) + f" | {shown} |")
     out = "\n".join(lines) + "\n"
-    if per_series:
+    counts = count_rows(results)
+    if counts:
         out += ("\n| profile | series | paper claims held | inconclusive | failed | controls held | checks held "
                 "| not yet under the shared rule |\n")
         out += "|---|---|---:|---:|---:|---:|---:|---:|\n"
-        totals: dict[str, list[dict[str, Any]]] = {}
-        for (profile, series), cs in sorted(per_series.items()):
-            out += _count_row(profile, series, cs)
-            totals.setdefault(profile, []).extend(cs)
-        for profile, cs in totals.items():
-            out += _count_row(profile, "**all**", cs)
+        for row in counts:
+            series = "**all**" if row["series"] == "all" else row["series"]
+            out += (f"| {row['profile']} | {series} | {row['held']} | {row['inconclusive']} | {row['failed']} "
+                    f"| {row['controls']} | {row['checks']} | {row['legacy'] or ''} |\n")
     return out
-
-
-def _count_row(profile: str, series: str, cs: list[dict[str, Any]]) -> str:
-    t = claims.tally(cs)
-    p = t["paper"]
-    kinds = [f"{t[k]['holds']}/{sum(t[k].values())}" for k in ("control", "check")]
-    legacy = sum(t["legacy"].values())
-    return (f"| {profile} | {series} | {p['holds']} | {p['inconclusive']} | {p['fails']} | {kinds[0]} | {kinds[1]} "
-            f"| {legacy or ''} |\n")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -1,0 +1,124 @@
+"""The website, as a reader sees it: `make book`'s build, opened in headless chromium."""
+
+import importlib.util
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from prunebook import claims, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "_build" / "book"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+no_sphinx = [name for name in ("sphinx", "myst_nb", "sphinx_book_theme") if not importlib.util.find_spec(name)]
+no_browser = [name for name in ("selenium",) if not importlib.util.find_spec(name)]
+no_browser += [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
+needs_sphinx = pytest.mark.skipif(bool(no_sphinx), reason=f"building the website needs {', '.join(no_sphinx)} "
+                                  "(pip install -e '.[dev]')")
+needs_browser = pytest.mark.skipif(bool(no_sphinx + no_browser), reason="the website test needs "
+                                   f"{', '.join(no_sphinx + no_browser)} (pip install -e '.[dev]'; "
+                                   "apt-get install chromium chromium-driver)")
+
+
+def load_build():
+    """book/build.py as a module (under its own name: `build` is also a package on PyPI)."""
+    spec = importlib.util.spec_from_file_location("prunebook_book_build", ROOT / "book" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_sphinx
+def test_a_new_series_without_outputs_is_picked_up_with_a_warning(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "demo_series", repo, ignore=shutil.ignore_patterns("runs"))
+    shutil.copytree(repo / "notebooks" / "00_demo", repo / "notebooks" / "09_new")
+    load_build().build(tmp_path / "out", root=repo, folder=tmp_path / "src")
+    err = capsys.readouterr().err
+    for series in ("00_demo", "09_new"):
+        assert f"warning: notebooks/{series}/01_demo.ipynb has no stored outputs" in err
+        page = re.sub(r"<[^>]+>", "", (tmp_path / "out" / "notebooks" / series / "01_demo.html").read_text())
+        assert "No stored outputs yet" in page and f"prunebook run {series} --only 01_demo" in page
+        assert f'href="notebooks/{series}/README.html"' in (tmp_path / "out" / "index.html").read_text()
+    assert (tmp_path / "out" / "dashboard.html").is_file() and (tmp_path / "out" / "gallery.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def book():
+    module = load_build()
+    t0 = time.time()
+    module.build(OUT, fresh=True)
+    print(f"built in {time.time() - t0:.1f} s")
+    return module
+
+
+def page_report(browser, base: str, page: str) -> dict:
+    """Load one page; its severe console entries, images that did not load, and internal links to no file."""
+    browser.get(base + page)
+    images = browser.execute_script(
+        "return [...document.images].map(i => [i.currentSrc || i.src, i.complete && i.naturalWidth > 0])")
+    links = browser.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
+    math = browser.execute_script("return document.querySelectorAll('.math').length")
+    for _ in range(100):  # MathJax (from the site itself, no network) typesets the page's equations
+        if not math or browser.execute_script("return document.querySelectorAll('mjx-container').length"):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"{page}: MathJax typeset none of its {math} equations")
+    broken = set()
+    for link in links:
+        url = urlsplit(link)
+        if f"{url.scheme}://{url.netloc}/" != base or not url.path:
+            continue
+        target = OUT / unquote(url.path).lstrip("/")
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_file():
+            broken.add(link)
+    return {"severe": [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"],
+            "images": len(images), "not loaded": [src for src, ok in images if not ok], "links": len(links),
+            "broken links": sorted(broken)}
+
+
+@needs_browser
+def test_the_site_in_a_browser(book):
+    series = cli.all_series(ROOT)
+    pages = ["index.html", "dashboard.html", "gallery.html"] + [f"notebooks/{s}/README.html" for s in series]
+    pages += [f"notebooks/{s}/{nbs[0].stem}.html" for s, nbs in series.items()]
+    with book.serve(OUT) as base, book.chromium() as browser:
+        browser.set_window_size(1400, 1000)
+        for page in pages:
+            report = page_report(browser, base, page)
+            assert not report["severe"], (page, report)
+            assert not report["not loaded"], (page, report)
+            assert not report["broken links"], (page, report)
+            assert report["links"] > 10, (page, report)  # the navigation at least
+        assert page_report(browser, base, "gallery.html")["images"] >= len(list(
+            ROOT.glob("notebooks/*/figures/cpu/*.png")))
+
+        # the dashboard counts what `prunebook report` counts, row for row
+        browser.get(base + "dashboard.html")
+        shown = browser.execute_script(
+            "return [...document.querySelectorAll('#counts tbody tr')].map(r => [...r.cells].map(c => c.innerText))")
+        results = cli.read_results(ROOT)
+        expected = [[row["profile"], row["series"], *(str(row[k]) for k in ("held", "inconclusive", "failed",
+                                                                             "controls", "checks")),
+                     str(row["legacy"] or "")] for row in cli.count_rows(results)]
+        assert shown == expected
+        report_rows = [line.strip("|").split(" | ") for line in cli.report_markdown(results).splitlines()
+                       if line.startswith("| ") and line.count("|") == 9 and not line.startswith("| profile")]
+        assert [[c.strip().strip("*") for c in row] for row in report_rows] == expected
+        failing = [c for r, c in cli.claim_rows(results) if r["profile"] != "smoke" and claims.verdict_of(c) == "fails"]
+        shown_failing = browser.execute_script("return document.querySelectorAll('td.verdict-fails').length")
+        assert shown_failing == 2 * len(failing)  # in the failing claims at the top, and in their series' table
+        headings = browser.execute_script("return [...document.querySelectorAll('article h2')].map(h => h.innerText)")
+        assert f"Failing claims ({len(failing)})" in headings[:2]  # near the top
+
+    for shot in book.screenshots(OUT, OUT / "screenshots"):  # the front page and the dashboard, for a look
+        assert shot.stat().st_size > 10_000
