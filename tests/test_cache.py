@@ -44,3 +44,36 @@ def test_save_json_writes_numpy_and_torch_values(tmp_path):
 
     path = cache.save_json({"a": np.float32(0.5), "b": torch.tensor([1, 2])}, tmp_path / "r.json")
     assert json.loads(path.read_text()) == {"a": 0.5, "b": [1, 2]}
+
+
+def test_a_damaged_file_is_named_set_aside_and_recomputed(tmp_cache):
+    cache.cached("scores", {"seed": 0}, lambda: {"x": torch.arange(1000)})
+    path = cache.path_for("scores", {"seed": 0})
+    path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
+    with pytest.warns(RuntimeWarning, match=f"damaged cache file {path}.*moved to {path.name}.damaged"):
+        again = cache.cached("scores", {"seed": 0}, lambda: {"x": torch.arange(3)})
+    assert torch.equal(again["x"], torch.arange(3))
+    assert torch.equal(cache.load(path)["x"], torch.arange(3))
+    assert path.with_name(path.name + ".damaged").is_file()
+
+
+def test_load_names_the_file_and_load_intact_starts_over(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"")
+    with pytest.raises(cache.DamagedCacheFile, match=str(path)):
+        cache.load(path)
+    with pytest.warns(RuntimeWarning, match="damaged cache file"):
+        assert cache.load_intact(path) is None
+    assert not path.exists() and cache.load_intact(path) is None
+
+
+def test_loads_are_weights_only_where_the_contents_allow(tmp_path, monkeypatch):
+    import numpy as np
+
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append(kw["weights_only"]) or real(*a, **kw))
+    cache.save({"w": torch.ones(2), "n": 3, "s": "x", "l": [1.0]}, tmp_path / "a.pt")
+    assert cache.load(tmp_path / "a.pt")["n"] == 3 and seen == [True]
+    cache.save({"a": np.arange(3)}, tmp_path / "b.pt")  # NumPy arrays need the full unpickler
+    assert cache.load(tmp_path / "b.pt")["a"].tolist() == [0, 1, 2] and seen[1:] == [True, False]

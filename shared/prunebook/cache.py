@@ -1,7 +1,9 @@
 """Results and checkpoints keyed by a hash of the configuration that produced them.
 
 Everything is written atomically (a temporary file in the same folder, then ``os.replace``), so an
-interrupted run never leaves a half-written file that a later run would trust.
+interrupted run never leaves a half-written file that a later run would trust, and two processes computing
+the same key (workers of one cluster) each replace the file whole. A file that cannot be read all the same
+(a disk filled up, a copy cut short) is named in one warning, moved aside to ``<name>.damaged`` and recomputed.
 
     scores = cached("el2n", {"seed": 0, "n": 6000, "epochs": 2}, lambda: compute_scores(...))
 """
@@ -10,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,9 +65,48 @@ def save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+class DamagedCacheFile(RuntimeError):
+    """A cache file that exists but cannot be read (truncated, overwritten by something else)."""
+
+
 def load(path: str | Path) -> Any:
-    # Our own files: they may hold NumPy arrays and plain Python objects, not only tensors.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """torch.load on the CPU. Raises ``DamagedCacheFile``, naming the file, when it cannot be read."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "Weights only load failed" not in str(exc):
+                raise
+        # Some series store more than tensors, numbers, strings and lists: NumPy arrays (03_ihomer,
+        # 08_data_pruning), dataclasses (02_grokking). Those files need the full unpickler, which runs
+        # code named in the file: only point PRUNEBOOK_CACHE at a folder that only you can write.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        raise DamagedCacheFile(f"damaged cache file {path} ({' '.join(str(exc).split())[:200]})") from exc
+
+
+def set_aside(path: str | Path, why: Exception | str) -> Path:
+    """Move a damaged file to ``<name>.damaged`` (kept for a look, never read again) with a one-line warning."""
+    path = Path(path)
+    aside = path.with_name(path.name + ".damaged")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # another process set it aside (or replaced it) first
+        pass
+    warnings.warn(f"{why}; moved to {aside.name}, recomputing", RuntimeWarning, stacklevel=3)
+    return aside
+
+
+def load_intact(path: str | Path) -> Any | None:
+    """The stored object, or None when the file is missing or damaged (then it is set aside): for a checkpoint
+    that a run resumes from when it can and starts over when it cannot."""
+    if not Path(path).exists():
+        return None
+    try:
+        return load(path)
+    except DamagedCacheFile as exc:
+        set_aside(path, exc)
+        return None
 
 
 def save_json(obj: Any, path: str | Path) -> Path:
@@ -82,7 +126,10 @@ def cached(namespace: str, config: Any, compute: Callable[[], Any], *, refresh: 
     """The stored result of ``compute()`` for this ``config``; computed and stored on first use."""
     path = path_for(namespace, config)
     if path.exists() and not refresh:
-        return load(path)
+        try:
+            return load(path)
+        except DamagedCacheFile as exc:
+            set_aside(path, exc)
     result = compute()
     save(result, path)
     return result

@@ -222,8 +222,8 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
 
     ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt and ckpt.exists():
-        saved = cache.load(ckpt)
+    saved = cache.load_intact(ckpt) if ckpt else None  # a damaged checkpoint is set aside: start over
+    if saved is not None:
         load_model_state(model, saved["model"])
         model.to(device, memory_format=memory_format)
         opt = state.optimizer = make_optimizer(model, optimizer, lr, momentum, weight_decay, nesterov)
