@@ -26,3 +26,24 @@ def in_series(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.chdir(folder)
     return folder
+
+
+@pytest.fixture
+def randomize_bn():
+    """Give every BatchNorm2d distinct scales, shifts and running statistics, and put the model in eval mode, so
+    that channel choices and outputs are exact."""
+    def randomize(model, seed=0):
+        import torch
+        from torch import nn
+
+        g = torch.Generator().manual_seed(seed)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.data = torch.rand(n, generator=g) + 0.5
+                m.bias.data = torch.rand(n, generator=g) - 0.5
+                m.running_mean = torch.rand(n, generator=g) - 0.5
+                m.running_var = torch.rand(n, generator=g) + 0.5
+        return model.eval()
+
+    return randomize

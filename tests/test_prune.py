@@ -145,37 +145,67 @@ def test_apply_masks_callback_zeroes_after_each_step():
     assert torch.all(net[0].weight[masks["0.weight"] == 0] == 0)
 
 
-def test_l1_filter_prune_shrinks_and_keeps_the_strongest_filters():
+
+def test_remove_channels_shrinks_and_keeps_the_outputs_of_the_kept_channels():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
     net.eval()
     x = torch.randn(2, 3, 6, 6)
-    l1 = net[0].weight.abs().sum(dim=(1, 2, 3))
-    keep = l1.argsort(descending=True)[:4].sort().values
+    keep = prune.l1_keep(net[0], 4)
     first_out = net[:3](x)[:, keep]
-    prune.l1_filter_prune(net, x, {net[0]: 0.5})
+    prune.remove_channels(net, x, {net[0]: keep})
     assert net[0].out_channels == 4 and net[1].num_features == 4 and net[3].in_channels == 4
     assert torch.allclose(net[:3](x), first_out, atol=1e-6)  # the same outputs on the kept channels
 
 
-def test_l1_filter_prune_on_resnet_blocks_gives_a_smaller_working_model():
+def test_remove_channels_on_resnet_blocks_gives_a_smaller_working_model():
     net = models.resnet_cifar(20)
     x = torch.zeros(1, 3, 32, 32)
-    prune.l1_filter_prune(net, x, {b.conv1: 0.5 for b in net.blocks}, ignored_layers=[net.fc])
+    prune.remove_channels(net, x, {b.conv1: prune.l1_keep(b.conv1, b.conv1.out_channels // 2) for b in net.blocks})
     assert [b.conv1.out_channels for b in net.blocks] == [8] * 3 + [16] * 3 + [32] * 3
     assert net(x).shape == (1, 10)
     assert prune.count_parameters(net) < models.count_parameters(models.resnet_cifar(20))
+    with pytest.raises(ValueError):
+        prune.remove_channels(net, x, {net.blocks[0].conv1: torch.tensor([], dtype=torch.long)})
 
 
-def test_slim_removes_the_smallest_bn_scales_globally():
-    net = models.vgg_cifar(11, widths=[4, 4, 4, 4, 4, 4, 4, 4], num_classes=3)
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+def test_l1_keep_keeps_the_largest_norm_filters():
+    conv = nn.Conv2d(2, 5, 3, bias=False)
+    norms = [3.0, 0.5, 7.0, 0.5, 2.0]
     with torch.no_grad():
-        for i, bn in enumerate(bns):
-            bn.weight.copy_(torch.tensor([0.01, 1.0, 2.0, 3.0]) * (i + 1))
-    prune.slim(net, torch.zeros(1, 3, 32, 32), 0.25, ignored_layers=[net.classifier])
-    assert sum(prune.conv_widths(net)) == 24
-    assert all(bn.weight.abs().min() >= 0.5 for bn in bns if bn.num_features == 3)  # the 0.01·k ones went
+        for j, s in enumerate(norms):
+            conv.weight[j] = s / 18 * torch.where(torch.arange(18) % 2 == 0, 1.0, -1.0).view(2, 3, 3)
+    assert torch.allclose(prune.filter_l1_norms(conv), torch.tensor(norms))
+    assert prune.l1_keep(conv, 3).tolist() == [0, 2, 4]
+    assert prune.l1_keep(conv, 4).tolist() == [0, 1, 2, 4]  # a tie goes to the lower index
+    removed = set(range(5)) - set(prune.l1_keep(conv, 2).tolist())
+    assert max(norms[j] for j in removed) <= min(norms[j] for j in prune.l1_keep(conv, 2).tolist())
+    with pytest.raises(ValueError):
+        prune.l1_keep(conv, 0)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 0.7, 0.8])
+def test_slimming_threshold_removes_the_requested_fraction(ratio, randomize_bn):
+    torch.manual_seed(2)
+    model = randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
+    total = sum(bn.num_features for _, bn in prune.conv_bn_pairs(model))
+    keep = prune.slimming_keep(model, ratio)
+    assert total - sum(len(v) for v in keep.values()) == round(ratio * total)
+    t = prune.slimming_threshold(model, ratio)
+    for conv, bn in prune.conv_bn_pairs(model):
+        kept = set(keep[conv].tolist())
+        for j, g in enumerate(bn.weight.abs().tolist()):
+            assert (j in kept) == (g > t)
+
+
+def test_slimming_never_empties_a_layer(randomize_bn):
+    torch.manual_seed(2)
+    model = randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
+    keep = prune.slimming_keep(model, 0.99)
+    assert all(len(v) >= 1 for v in keep.values())
+    for conv, bn in prune.conv_bn_pairs(model):
+        if len(keep[conv]) == 1:
+            assert keep[conv].item() == bn.weight.abs().argmax().item()
 
 
 def test_bn_l1_penalty_adds_the_sign_of_the_scale():

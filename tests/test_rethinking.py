@@ -11,18 +11,6 @@ from torch import nn
 X3 = torch.zeros(1, 3, 32, 32)
 
 
-def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.rand(n, generator=g) - 0.5
-            m.running_mean = torch.rand(n, generator=g) - 0.5
-            m.running_var = torch.rand(n, generator=g) + 0.5
-    return model.eval()
-
-
 # ---------------------------------------------------------------- budgets
 
 
@@ -59,31 +47,17 @@ def test_sparse_macs_counts_only_nonzero_conv_weights():
 # ---------------------------------------------------------------- L1-norm filter pruning
 
 
-def test_l1_keep_indices_keeps_the_largest_norm_filters():
-    conv = nn.Conv2d(2, 5, 3, bias=False)
-    norms = [3.0, 0.5, 7.0, 0.5, 2.0]
-    with torch.no_grad():
-        for j, s in enumerate(norms):
-            conv.weight[j] = s / 18 * torch.where(torch.arange(18) % 2 == 0, 1.0, -1.0).view(2, 3, 3)
-    assert torch.allclose(R.filter_l1_norms(conv), torch.tensor(norms))
-    assert R.l1_keep_indices(conv, 3).tolist() == [0, 2, 4]
-    assert R.l1_keep_indices(conv, 4).tolist() == [0, 1, 2, 4]  # a tie goes to the lower index
-    removed = set(range(5)) - set(R.l1_keep_indices(conv, 2).tolist())
-    assert max(norms[j] for j in removed) <= min(norms[j] for j in R.l1_keep_indices(conv, 2).tolist())
-    with pytest.raises(ValueError):
-        R.l1_keep_indices(conv, 0)
-
-
 def test_li_et_al_plans():
     assert R.resnet_l1_widths(56, "B")[:10] == [6, 6, 6, 6, 6, 6, 6, 16, 16, 32]
     assert R.resnet_l1_widths(110, "A")[17:19] == [16, 32]
+    assert R.resnet_l1_widths(20, "B", 4, fractions=(0.9, 0.9, 0.9)) == [1, 1, 4, 8, 1, 1, 16, 1, 16]
     assert R.vgg_l1_widths(16, R.vgg_widths(16)) == [32, 64, 128, 128, 256, 256, 256] + [256] * 6
     vgg = models.count_parameters(R.build(R.vgg_arch(16, R.vgg_l1_widths(16, R.vgg_widths(16)), "mlp")))
     assert round(vgg / 1e6, 1) == 5.4  # Li et al.'s VGG-16-A: 5.4 M parameters
 
 
 @pytest.mark.parametrize("family", ["resnet", "vgg"])
-def test_structural_pruning_equals_masking(family):
+def test_structural_pruning_equals_masking(family, randomize_bn):
     torch.manual_seed(1)
     if family == "resnet":
         arch = R.resnet_arch(20, 8)
@@ -91,12 +65,11 @@ def test_structural_pruning_equals_masking(family):
     else:
         arch = R.vgg_arch(11, R.vgg_widths(11, 0.25), "mlp")
         target = {**arch, "widths": R.vgg_l1_widths(11, arch["widths"])}
-    model = _randomize_bn(R.build(arch))
+    model = randomize_bn(R.build(arch))
     model.classifier.eval() if family == "vgg" else None
-    widths = target["mids"] if family == "resnet" else target["widths"]
-    keep = [R.l1_keep_indices(c, n) for c, n in zip(R.prunable_convs(model, arch), widths)]
+    keep = list(R.filters_to_keep(model, arch, target).values())
     masked = copy.deepcopy(model)
-    R.mask_channels(masked, dict(zip(R.prunable_convs(masked, arch), keep)))
+    prune.mask_channels(masked, dict(zip(R.prunable_convs(masked, arch), keep)))
     shrunk = R.l1_prune(copy.deepcopy(model), arch, target, X3)
     assert R.arch_of(shrunk, arch) == target
     assert prune.count_parameters(shrunk) == models.count_parameters(R.build(target))
@@ -117,36 +90,13 @@ def test_pruning_does_not_touch_bn_statistics_of_a_training_model():
 # ---------------------------------------------------------------- network slimming
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 0.7, 0.8])
-def test_slimming_threshold_removes_the_requested_fraction(ratio):
-    torch.manual_seed(2)
-    model = _randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
-    total = sum(bn.num_features for bn in R.slimming_bns(model))
-    keep = R.slimming_keep(model, ratio)
-    assert total - sum(len(v) for v in keep.values()) == round(ratio * total)
-    t = R.slimming_threshold(model, ratio)
-    for conv, bn in R.conv_bn_pairs(model):
-        kept = set(keep[conv].tolist())
-        for j, g in enumerate(bn.weight.abs().tolist()):
-            assert (j in kept) == (g > t)
-
-
-def test_slimming_never_empties_a_layer():
-    torch.manual_seed(2)
-    model = _randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
-    keep = R.slimming_keep(model, 0.99)
-    assert all(len(v) >= 1 for v in keep.values())
-    for conv, bn in R.conv_bn_pairs(model):
-        if len(keep[conv]) == 1:
-            assert keep[conv].item() == bn.weight.abs().argmax().item()
-
-
-def test_slim_prune_shrinks_and_matches_the_masked_model():
+def test_slim_prune_shrinks_and_matches_the_masked_model(randomize_bn):
     torch.manual_seed(3)
-    model = _randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
-    keep = R.slimming_keep(model, 0.6)
+    model = randomize_bn(models.vgg_cifar(11, 10, 3, width=0.25))
+    keep = prune.slimming_keep(model, 0.6)
     masked = copy.deepcopy(model)
-    R.mask_channels(masked, {c2: keep[c] for (c, _), (c2, _) in zip(R.conv_bn_pairs(model), R.conv_bn_pairs(masked))})
+    prune.mask_channels(masked, {c2: keep[c] for (c, _), (c2, _) in zip(prune.conv_bn_pairs(model),
+                                                                        prune.conv_bn_pairs(masked))})
     R.slim_prune(model, 0.6, X3)
     assert prune.conv_widths(model) == [len(v) for v in keep.values()]
     x = torch.randn(4, 3, 32, 32)
@@ -157,9 +107,10 @@ def test_slim_prune_shrinks_and_matches_the_masked_model():
 def test_uniform_and_guided_architectures_hit_the_flop_target():
     base = R.vgg_widths(11, 0.25)
     target = 0.4 * R.macs(R.vgg_arch(11, base), X3)
-    uni = R.uniform_vgg_for_macs(11, base, target, X3)
+    uni = R.vgg_for_macs(11, base, target, X3)
     assert abs(R.macs(uni, X3) / target - 1) < 0.05
-    guided = R.guided_vgg(11, base, [1.0, 0.8, 0.6, 0.3, 0.2], target, X3)
+    assert len(set(round(w / b, 1) for w, b in zip(uni["widths"], base))) == 1  # every layer thinned alike
+    guided = R.vgg_for_macs(11, base, target, X3, stage_fractions=[1.0, 0.8, 0.6, 0.3, 0.2])
     assert abs(R.macs(guided, X3) / target - 1) < 0.05
     w = guided["widths"]
     assert w[0] / base[0] > w[-1] / base[-1]

@@ -8,12 +8,12 @@ notebooks answer it with the pieces below.
   :func:`build`, :func:`arch_of`, ``vgg_widths`` (from ``prunebook.models``).
 - Budgets: :func:`scratch_b_epochs` (Scratch-B: the small model gets the large model's computation),
   :func:`macs` and :func:`sparse_macs` (multiply-accumulates, with zero weights skipped for unstructured pruning).
-- L1-norm filter pruning (Li et al., 2017), a *predefined* target architecture: :func:`filter_l1_norms`,
-  :func:`l1_keep_indices`, :func:`resnet_l1_widths`, :func:`vgg_l1_widths`, :func:`l1_prune`.
-- Network slimming (Liu et al., 2017), an *automatic* one: :func:`slimming_threshold`, :func:`slimming_keep`,
-  :func:`slim_prune`, :func:`uniform_vgg_for_macs`.
-- Channel surgery shared by both: :func:`prune_channels` (torch-pruning removes the channels, the model really
-  shrinks) and :func:`mask_channels` (the same channels zeroed in place, for checking the two agree).
+- L1-norm filter pruning (Li et al., 2017), a *predefined* target architecture: :func:`resnet_l1_widths`,
+  :func:`vgg_l1_widths`, :func:`filters_to_keep`, :func:`l1_prune` (on ``prunebook.prune.l1_keep``).
+- Network slimming (Liu et al., 2017), an *automatic* one: :func:`slim_prune` (on
+  ``prunebook.prune.slimming_keep``); :func:`vgg_for_macs` builds the uniformly thinned and the guided VGGs it
+  is compared with.
+- Both remove channels through ``prunebook.prune.remove_channels`` (torch-pruning: the model really shrinks).
 - Unstructured magnitude pruning (Han et al., 2015) and lottery tickets (Frankle & Carbin, 2019):
   :func:`magnitude_masks` (and :func:`magnitude_masks_of`, with its cache key), :func:`apply_masks`,
   :func:`sparse_he_init_`.
@@ -185,75 +185,7 @@ def scratch_b_epochs(epochs: int, macs_large: float, macs_small: float, cap: flo
     return int(epochs * factor + 1e-9)
 
 
-# ---------------------------------------------------------------- channel surgery
-
-
-def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """Each conv with the BatchNorm2d registered right after it (VGG layers, ResNet blocks, the stem)."""
-    pairs, pending = [], None
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            pending = m
-        elif isinstance(m, nn.BatchNorm2d) and pending is not None:
-            pairs.append((pending, m))
-            pending = None
-    return pairs
-
-
-def prune_channels(model: nn.Module, example: torch.Tensor, keep: dict[nn.Conv2d, torch.Tensor]) -> nn.Module:
-    """Remove every output channel of each conv in ``keep`` whose index is not listed, with torch-pruning:
-    the BN after it and the next layer's inputs shrink too, so the model really gets smaller. In place.
-
-    The dependency graph is traced in eval mode, so the trace does not touch BN running statistics."""
-    import torch_pruning as tp
-
-    was_training = model.training
-    model.eval()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    for conv, idx in keep.items():
-        kept = set(int(i) for i in idx)
-        if not kept:
-            raise ValueError("a layer must keep at least one channel")
-        drop = [i for i in range(conv.out_channels) if i not in kept]
-        if drop:
-            group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=drop)
-            group.prune()
-    model.train(was_training)
-    return model
-
-
-@torch.no_grad()
-def mask_channels(model: nn.Module, keep: dict[nn.Conv2d, torch.Tensor]) -> nn.Module:
-    """Zero, in place, the filters and the following BN's scale and shift of every channel not kept: the masked
-    counterpart of :func:`prune_channels` (same function, same size as before)."""
-    bn_of = dict(conv_bn_pairs(model))
-    for conv, idx in keep.items():
-        mask = torch.zeros(conv.out_channels, dtype=torch.bool)
-        mask[torch.as_tensor(idx, dtype=torch.long)] = True
-        conv.weight[~mask] = 0
-        if conv.bias is not None:
-            conv.bias[~mask] = 0
-        bn = bn_of[conv]
-        bn.weight[~mask] = 0
-        bn.bias[~mask] = 0
-    return model
-
-
 # ---------------------------------------------------------------- L1-norm filter pruning (Li et al., 2017)
-
-
-def filter_l1_norms(conv: nn.Conv2d) -> torch.Tensor:
-    """s_j = Σ |F_j|: the sum of absolute kernel weights of each output filter."""
-    return conv.weight.detach().abs().sum(dim=(1, 2, 3))
-
-
-def l1_keep_indices(conv: nn.Conv2d, n_keep: int) -> torch.Tensor:
-    """The ``n_keep`` filters with the largest L1 norm (ties go to the lower index), in ascending order."""
-    if not 1 <= n_keep <= conv.out_channels:
-        raise ValueError(f"n_keep={n_keep}: a conv with {conv.out_channels} filters keeps 1 to {conv.out_channels}")
-    norms = filter_l1_norms(conv)
-    order = sorted(range(len(norms)), key=lambda j: (-float(norms[j]), j))
-    return torch.tensor(sorted(order[:n_keep]))
 
 
 # Li et al.'s pruned ResNets (their Table 1; the official res56prune.py / res110prune.py): for each stage, the
@@ -270,17 +202,26 @@ RESNET_L1_PLANS: dict[tuple[int, str], tuple[tuple[float, float, float], tuple[i
 }
 
 
-def resnet_l1_widths(depth: int, variant: str, width: int = 16) -> list[int]:
-    """The first-conv width of every block of ResNet-``depth``-``variant``: ``int(c · (1 − p))`` filters kept."""
+def resnet_l1_widths(depth: int, variant: str, width: int = 16,
+                     fractions: Sequence[float] | None = None) -> list[int]:
+    """The first-conv width of every block of ResNet-``depth``-``variant``: ``int(c · (1 − p))`` filters kept (at
+    least one), p the stage's fraction from the plan or from ``fractions``; the plan's sensitive blocks stay whole."""
     if (depth, variant) not in RESNET_L1_PLANS:
         raise ValueError(f"no L1-norm plan for ResNet-{depth}-{variant}; known: {sorted(RESNET_L1_PLANS)}")
-    fractions, skip = RESNET_L1_PLANS[(depth, variant)]
+    plan, skip = RESNET_L1_PLANS[(depth, variant)]
+    fractions = plan if fractions is None else fractions
     n = (depth - 2) // 6
     widths = []
     for b in range(3 * n):
         c = width * 2 ** (b // n)
-        widths.append(c if b in skip else int(c * (1 - fractions[b // n]) + 1e-9))
+        widths.append(c if b in skip else thinned(c, fractions[b // n]))
     return widths
+
+
+def thinned(width: int, fraction: float) -> int:
+    """The filters a conv of ``width`` keeps when ``fraction`` of them is removed: ``int(width · (1 − p))``, at least
+    one (Li et al.'s rounding)."""
+    return max(1, int(width * (1 - fraction) + 1e-9))
 
 
 def vgg_l1_widths(depth: int, widths: Sequence[int]) -> list[int]:
@@ -296,59 +237,25 @@ def prunable_convs(model: nn.Module, arch: dict[str, Any]) -> list[nn.Conv2d]:
     return [m for m in model.features if isinstance(m, nn.Conv2d)]
 
 
-def l1_prune(model: nn.Module, arch: dict[str, Any], target: dict[str, Any], example: torch.Tensor) -> nn.Module:
-    """Prune a trained ``model`` of architecture ``arch`` down to ``target`` (same family, narrower), keeping the
-    largest-L1 filters of each conv. Returns the (really smaller) model with the inherited weights."""
+def filters_to_keep(model: nn.Module, arch: dict[str, Any], target: dict[str, Any]) -> dict[nn.Conv2d, torch.Tensor]:
+    """For each prunable conv of ``model`` (architecture ``arch``), the largest-L1 filters that ``target`` (same
+    family, narrower) keeps."""
     new = target["mids"] if arch["family"] == "resnet" else target["widths"]
-    keep = {conv: l1_keep_indices(conv, n) for conv, n in zip(prunable_convs(model, arch), new)}
-    return prune_channels(model, example, keep)
+    return {conv: prune.l1_keep(conv, n) for conv, n in zip(prunable_convs(model, arch), new)}
+
+
+def l1_prune(model: nn.Module, arch: dict[str, Any], target: dict[str, Any], example: torch.Tensor) -> nn.Module:
+    """Prune a trained ``model`` of architecture ``arch`` down to ``target``, keeping the largest-L1 filters of each
+    conv. Returns the (really smaller) model with the inherited weights."""
+    return prune.remove_channels(model, example, filters_to_keep(model, arch, target))
 
 
 # ---------------------------------------------------------------- network slimming (Liu et al., 2017)
 
 
-def slimming_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
-    """The BN layers whose scales network slimming ranks (every BN after a conv)."""
-    return [bn for _, bn in conv_bn_pairs(model)]
-
-
-def slimming_threshold(model: nn.Module, ratio: float) -> float:
-    """One global threshold on |γ| over all channels: the ``round(ratio · N)``-th smallest |γ|. Channels with
-    |γ| above it stay, so exactly that many are removed when the scales are distinct.
-    (The official script takes the next value, removing one channel more.)"""
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio={ratio}: a fraction in [0, 1) is needed")
-    scales = torch.cat([bn.weight.detach().abs().flatten() for bn in slimming_bns(model)]).sort().values
-    k = round(ratio * len(scales))
-    return -math.inf if k == 0 else float(scales[k - 1])
-
-
-def slimming_keep(model: nn.Module, ratio: float) -> dict[nn.Conv2d, torch.Tensor]:
-    """For every conv, the channels whose BN |γ| exceeds the global threshold (at least the largest one)."""
-    threshold = slimming_threshold(model, ratio)
-    keep = {}
-    for conv, bn in conv_bn_pairs(model):
-        scale = bn.weight.detach().abs()
-        idx = torch.nonzero(scale > threshold).flatten()
-        keep[conv] = idx if len(idx) else scale.argmax().view(1)
-    return keep
-
-
 def slim_prune(model: nn.Module, ratio: float, example: torch.Tensor) -> nn.Module:
     """Network slimming's pruning step: remove ``ratio`` of all channels, the smallest |γ| first, in place."""
-    return prune_channels(model, example, slimming_keep(model, ratio))
-
-
-def uniform_vgg_for_macs(depth: int, base: Sequence[int], target_macs: float, example: torch.Tensor,
-                         classifier: str = "linear", num_classes: int = 10) -> dict[str, Any]:
-    """The VGG whose every layer is the same fraction of ``base`` and whose MACs are closest to ``target_macs``:
-    the 'uniformly pruned' architecture that slimming is compared with."""
-    in_ch = int(example.shape[1])
-
-    def arch(f):
-        return vgg_arch(depth, [max(1, round(w * f)) for w in base], classifier, in_ch, num_classes)
-
-    return _closest_in_macs(arch, 1.0, target_macs, example, steps=30)
+    return prune.remove_channels(model, example, prune.slimming_keep(model, ratio))
 
 
 def stage_keep_fractions(arch: dict[str, Any], base: dict[str, Any]) -> list[float]:
@@ -361,17 +268,20 @@ def stage_keep_fractions(arch: dict[str, Any], base: dict[str, Any]) -> list[flo
     return out
 
 
-def guided_vgg(depth: int, base: Sequence[int], stage_fractions: Sequence[float], target_macs: float,
-               example: torch.Tensor, classifier: str = "linear", num_classes: int = 10) -> dict[str, Any]:
-    """A VGG built from a per-stage channel pattern ('guided pruning', the paper's Section 5): every conv of
-    stage s keeps ``stage_fractions[s]`` of its ``base`` width, all scaled together to ``target_macs``."""
+def vgg_for_macs(depth: int, base: Sequence[int], target_macs: float, example: torch.Tensor,
+                 stage_fractions: Sequence[float] | None = None, classifier: str = "linear",
+                 num_classes: int = 10) -> dict[str, Any]:
+    """The VGG with ``target_macs`` multiply-accumulates (the closest one) whose every conv of stage s keeps
+    ``stage_fractions[s]`` of its ``base`` width, all scaled together: *guided pruning* (the paper's Section 5)
+    with a per-stage pattern, *uniform pruning* (every layer the same fraction of ``base``) without one."""
     in_ch, stages = int(example.shape[1]), vgg_stages(depth)
+    fractions = [1.0] * (max(stages) + 1) if stage_fractions is None else list(stage_fractions)
 
     def arch(f):
-        widths = [max(1, round(w * min(1.0, stage_fractions[s] * f))) for w, s in zip(base, stages)]
+        widths = [max(1, round(w * min(1.0, fractions[s] * f))) for w, s in zip(base, stages)]
         return vgg_arch(depth, widths, classifier, in_ch, num_classes)
 
-    return _closest_in_macs(arch, 1.0 / max(min(stage_fractions), 1e-3), target_macs, example, steps=40)
+    return _closest_in_macs(arch, 1.0 / max(min(fractions), 1e-3), target_macs, example, steps=40)
 
 
 def _closest_in_macs(arch: Callable[[float], dict[str, Any]], hi: float, target_macs: float, example: torch.Tensor,

@@ -8,16 +8,19 @@ mask holds through any number of optimizer steps.
 - ``iterative_magnitude_pruning``: train, prune a fraction of what remains, rewind the survivors to their
   early values, repeat (Frankle & Carbin's lottery tickets; ``snapshot``/``rewind`` do the rewinding).
 
-Structured (filters and channels are removed, the model really shrinks), through ``torch-pruning``:
-- ``l1_filter_prune``: Li et al.'s filter pruning, ranking each conv's filters by their L1 norm;
-- ``slim``: network slimming (Liu et al. 2017), one global threshold on |BN scale|, after training with
-  ``BNL1Penalty`` (an L1 sub-gradient on BN scales).
+Structured (filters and channels are removed, the model really shrinks): a method picks the channels each conv
+keeps, and ``remove_channels`` removes the rest through ``torch-pruning``'s dependency graph (the next layers
+shrink with them); ``mask_channels`` zeroes the same channels instead, for checking that the two agree.
+- ``l1_keep``: Li et al.'s filter pruning, the filters with the largest L1 norm (``filter_l1_norms``);
+- ``slimming_keep``: network slimming (Liu et al. 2017), one global threshold on |BN scale|
+  (``slimming_threshold``), after training with ``BNL1Penalty`` (an L1 sub-gradient on BN scales).
 
 Counting: ``sparsity``, ``count_nonzero``, ``count_macs`` (``torch.utils.flop_counter``) and ``measure_latency``.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -260,38 +263,94 @@ class ApplyMasks(Callback):
 
 
 # ---------------------------------------------------------------- structured pruning (torch-pruning)
+# One implementation: a method chooses which output channels of each conv to keep (``l1_keep``,
+# ``slimming_keep``), and ``remove_channels`` removes the others with torch-pruning's dependency graph.
 
 
-def _run_pruner(pruner: Any) -> None:
-    for group in pruner.step(interactive=True):
-        group.prune()
+def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """Each conv with the BatchNorm2d registered right after it (VGG layers, ResNet blocks, the stem)."""
+    pairs, pending = [], None
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            pending = m
+        elif isinstance(m, nn.BatchNorm2d) and pending is not None:
+            pairs.append((pending, m))
+            pending = None
+    return pairs
 
 
-def l1_filter_prune(model: nn.Module, example: torch.Tensor, ratios: dict[nn.Module, float],
-                    ignored_layers: Sequence[nn.Module] = ()) -> nn.Module:
-    """Remove from each conv in ``ratios`` that fraction of its filters, lowest L1 norm first (Li et al.).
+def remove_channels(model: nn.Module, example: torch.Tensor, keep: dict[nn.Conv2d, torch.Tensor]) -> nn.Module:
+    """Remove every output channel of each conv in ``keep`` whose index is not listed, with torch-pruning:
+    the BN after it and the next layer's inputs shrink too, so the model really gets smaller. In place.
 
-    The following BN and the next layer's input channels shrink with it; the model is changed in place."""
+    The dependency graph is traced in eval mode, so the trace does not touch BN running statistics."""
     import torch_pruning as tp
 
-    importance = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None)
-    pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=0.0,
-                                  pruning_ratio_dict=dict(ratios), ignored_layers=list(ignored_layers))
-    _run_pruner(pruner)
+    was_training = model.training
+    model.eval()
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    for conv, idx in keep.items():
+        kept = set(int(i) for i in idx)
+        if not kept:
+            raise ValueError("a layer must keep at least one channel")
+        drop = [i for i in range(conv.out_channels) if i not in kept]
+        if drop:
+            graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=drop).prune()
+    model.train(was_training)
     return model
 
 
-def slim(model: nn.Module, example: torch.Tensor, ratio: float, ignored_layers: Sequence[nn.Module] = (),
-         max_layer_ratio: float = 0.95) -> nn.Module:
-    """Network slimming: remove ``ratio`` of all prunable channels, those with the smallest |BN scale|
-    under one global threshold; no layer loses more than ``max_layer_ratio`` of its channels."""
-    import torch_pruning as tp
-
-    importance = tp.importance.BNScaleImportance(normalizer=None)
-    pruner = tp.pruner.MetaPruner(model, example, importance=importance, global_pruning=True, pruning_ratio=ratio,
-                                  max_pruning_ratio=max_layer_ratio, ignored_layers=list(ignored_layers))
-    _run_pruner(pruner)
+@torch.no_grad()
+def mask_channels(model: nn.Module, keep: dict[nn.Conv2d, torch.Tensor]) -> nn.Module:
+    """Zero, in place, the filters and the following BN's scale and shift of every channel not kept: the masked
+    counterpart of :func:`remove_channels` (the same function, the same size as before)."""
+    bn_of = dict(conv_bn_pairs(model))
+    for conv, idx in keep.items():
+        mask = torch.zeros(conv.out_channels, dtype=torch.bool)
+        mask[torch.as_tensor(idx, dtype=torch.long)] = True
+        conv.weight[~mask] = 0
+        if conv.bias is not None:
+            conv.bias[~mask] = 0
+        bn = bn_of[conv]
+        bn.weight[~mask] = 0
+        bn.bias[~mask] = 0
     return model
+
+
+def filter_l1_norms(conv: nn.Conv2d) -> torch.Tensor:
+    """s_j = Σ |F_j|: the sum of absolute kernel weights of each output filter (Li et al., 2017)."""
+    return conv.weight.detach().abs().sum(dim=(1, 2, 3))
+
+
+def l1_keep(conv: nn.Conv2d, n_keep: int) -> torch.Tensor:
+    """The ``n_keep`` filters with the largest L1 norm (ties go to the lower index), in ascending order."""
+    if not 1 <= n_keep <= conv.out_channels:
+        raise ValueError(f"n_keep={n_keep}: a conv with {conv.out_channels} filters keeps 1 to {conv.out_channels}")
+    norms = filter_l1_norms(conv)
+    order = sorted(range(len(norms)), key=lambda j: (-float(norms[j]), j))
+    return torch.tensor(sorted(order[:n_keep]))
+
+
+def slimming_threshold(model: nn.Module, ratio: float) -> float:
+    """Network slimming's one global threshold on |γ| over all channels: the ``round(ratio · N)``-th smallest |γ|.
+    Channels with |γ| above it stay, so exactly that many are removed when the scales are distinct.
+    (The official script takes the next value, removing one channel more.)"""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio={ratio}: a fraction in [0, 1) is needed")
+    scales = torch.cat([bn.weight.detach().abs().flatten() for _, bn in conv_bn_pairs(model)]).sort().values
+    k = round(ratio * len(scales))
+    return -math.inf if k == 0 else float(scales[k - 1])
+
+
+def slimming_keep(model: nn.Module, ratio: float) -> dict[nn.Conv2d, torch.Tensor]:
+    """For every conv, the channels whose BN |γ| exceeds the global threshold (at least the largest one)."""
+    threshold = slimming_threshold(model, ratio)
+    keep = {}
+    for conv, bn in conv_bn_pairs(model):
+        scale = bn.weight.detach().abs()
+        idx = torch.nonzero(scale > threshold).flatten()
+        keep[conv] = idx if len(idx) else scale.argmax().view(1)
+    return keep
 
 
 class BNL1Penalty(Callback):
