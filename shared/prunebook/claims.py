@@ -276,7 +276,7 @@ class Claims:
         return pd.DataFrame(rows, columns=["kind", "claim", "source", "paper", "measured", "verdict", "note"])
 
     def path(self) -> Path:
-        return config.series_dir() / "results" / self.cfg.profile / f"{self.notebook}.json"
+        return config.output_dir("results", self.cfg.profile) / f"{self.notebook}.json"
 
     def save(self, metrics: dict[str, Any] | None = None) -> Path:
         """Write ``results/<profile>/<notebook>.json`` and print a one-line summary."""

@@ -2,11 +2,14 @@
 
     prunebook list
     prunebook run [SERIES ...] --profile cpu [--inplace] [-p key=value ...] [--only PATTERN]
-    prunebook report [--profile cpu]
+                  [--workers N | --scheduler tcp://host:8786] [--seeds 0 1 2]
+    prunebook report [--profile cpu] [--seeds]
 
 ``run`` executes each notebook with papermill, with the series folder as working directory. Executed
 copies go to ``runs/<profile>/<series>/`` unless ``--inplace``, which copies a notebook over its source
 only once it ran through. A failing notebook is reported (cell and error) and the others still run.
+With more than one worker, or a scheduler, the series run side by side as Dask tasks (each series' notebooks in
+reading order); ``--seeds`` runs every series once per seed.
 """
 
 from __future__ import annotations
@@ -206,43 +209,164 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    root = repo_root()
+def notebook_task(job: dict[str, Any], prev: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one notebook of a run (in this process or in a Dask worker) and make its executed copy fit to commit.
+    ``prev`` is the result of the notebook before it in its series: a refused parameter there stops the chain."""
+    if prev and prev.get("refused"):
+        return {**job, "refused": prev["refused"], "skipped": True}
+    # The kernel inherits these: headless (plain progress, no widgets), the profile, where results go.
+    for name, value in job["env"].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if "PRUNEBOOK_GPUS" in os.environ:
+        from . import parallel
+
+        parallel.pin_gpu()
+    nb, out, root = Path(job["nb"]), Path(job["out"]), Path(job["root"])
+    t0 = time.time()
+    try:
+        error = run_notebook(nb, out, job["params"], job["profile"])
+    except UsageError as exc:
+        return {**job, "refused": str(exc)}
+    took = time.time() - t0
+    written = None
+    if not error:
+        clean_executed(out, root)
+        if job["inplace"]:
+            shutil.copyfile(out, nb)
+        written = str(nb if job["inplace"] else out)
+    return {**job, "error": error, "took": took, "written": written}
+
+
+def plan_run(args: argparse.Namespace, root: Path) -> list[list[dict[str, Any]]]:
+    """The notebook runs, as chains: one per series and seed, its notebooks in reading order."""
     series = pick_series(root, args.series)
-    if not series:
-        print("no series yet: nothing to run")
-        return 0
-    notebooks = [nb for nbs in series.values() for nb in nbs
-                 if not args.only or any(fnmatch.fnmatch(nb.stem, f"*{pat}*") for pat in args.only)]
+    wanted = lambda nb: not args.only or any(fnmatch.fnmatch(nb.stem, f"*{pat}*") for pat in args.only)
+    selected = {name: [nb for nb in nbs if wanted(nb)] for name, nbs in series.items()}
+    notebooks = [nb for nbs in selected.values() for nb in nbs]
     if not notebooks:
         raise UsageError(f"--only {args.only} matches no notebook of {', '.join(series)}")
-    per_notebook = check_parameters(parse_parameters(args.param), notebooks)
+    params = parse_parameters(args.param)
+    if args.seeds and "seed" in params:
+        raise UsageError("-p seed=... and --seeds: choose the seeds with --seeds only")
+    chains = []
+    for seed in args.seeds or [None]:
+        per_notebook = check_parameters(params if seed is None else {**params, "seed": seed}, notebooks)
+        for name, nbs in selected.items():
+            env: dict[str, str | None] = {"PRUNEBOOK_HEADLESS": "1", "PRUNEBOOK_PROFILE": args.profile}
+            runs = root / "runs" / args.profile
+            if seed:  # every seed but 0 writes beside, never over, the committed (seed-0) outputs
+                runs = runs / f"seed-{seed}"
+                env["PRUNEBOOK_RESULTS_DIR"] = str(runs / name / "results")
+                env["PRUNEBOOK_FIGURES_DIR"] = str(runs / name / "figures")
+            elif seed == 0:
+                env["PRUNEBOOK_RESULTS_DIR"] = env["PRUNEBOOK_FIGURES_DIR"] = None
+            chains.append([{"nb": str(nb), "out": str(runs / nb.relative_to(root / "notebooks")), "root": str(root),
+                            "rel": str(nb.relative_to(root / "notebooks")), "seed": seed, "profile": args.profile,
+                            "params": per_notebook[nb], "env": env, "inplace": args.inplace and not seed}
+                           for nb in nbs])
+    return [chain for chain in chains if chain]
 
-    # The kernels inherit these: headless (plain progress, no widgets), and the profile for whatever reads it.
-    os.environ["PRUNEBOOK_HEADLESS"] = "1"
-    os.environ["PRUNEBOOK_PROFILE"] = args.profile
-    failures = []
-    for i, nb in enumerate(notebooks, 1):
-        rel = nb.relative_to(root / "notebooks")
-        out = root / "runs" / args.profile / rel
-        print(f"[{i}/{len(notebooks)}] {rel} at {args.profile} ...", flush=True)
-        t0 = time.time()
-        error = run_notebook(nb, out, per_notebook[nb], args.profile)
-        took = time.time() - t0
-        if error:
-            failures.append(rel)
-            print(f"    FAILED after {took:.0f} s: {error}\n    the executed copy, with the error: "
-                  f"{out.relative_to(root)}", flush=True)
-            continue
-        clean_executed(out, root)
-        if args.inplace:
-            shutil.copyfile(out, nb)
-        written = nb if args.inplace else out
-        print(f"    done in {took:.0f} s -> {written.relative_to(root)}", flush=True)
-    print(f"{len(notebooks) - len(failures)} of {len(notebooks)} notebooks ran at {args.profile}.")
+
+def cmd_run(args: argparse.Namespace) -> int:
+    root = repo_root()
+    if not pick_series(root, args.series):
+        print("no series yet: nothing to run")
+        return 0
+    chains = plan_run(args, root)
+    scheduler = args.scheduler or os.environ.get("PRUNEBOOK_SCHEDULER")
+    workers = args.workers
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: give at least 1")
+    if scheduler is None and workers is None:  # as many as the cores allow, and no more than there are chains
+        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      len(chains))
+    if scheduler is None and workers == 1:
+        results = _run_here(chains, root)
+    else:
+        results = _run_on_cluster(chains, root, scheduler, workers)
+    jobs = [job for chain in chains for job in chain]
+    failures = [r["rel"] + _seed_note(r) for r in results if r.get("error")]
+    print(f"{len(jobs) - len(failures)} of {len(jobs)} notebooks ran at {args.profile}.")
     if failures:
-        print("failed: " + ", ".join(map(str, failures)))
+        print("failed: " + ", ".join(failures))
     return 1 if failures else 0
+
+
+def _seed_note(job: dict[str, Any]) -> str:
+    return f" (seed {job['seed']})" if job["seed"] is not None else ""
+
+
+def _run_here(chains: list[list[dict[str, Any]]], root: Path) -> list[dict[str, Any]]:
+    """One after another, in this process (no Dask)."""
+    jobs = [job for chain in chains for job in chain]
+    results = []
+    for i, job in enumerate(jobs, 1):
+        print(f"[{i}/{len(jobs)}] {job['rel']}{_seed_note(job)} at {job['profile']} ...", flush=True)
+        result = notebook_task(job)
+        if result.get("refused"):
+            raise UsageError(result["refused"])
+        print_outcome(result, root)
+        results.append(result)
+    return results
+
+
+def _run_on_cluster(chains: list[list[dict[str, Any]]], root: Path, scheduler: str | None,
+                    workers: int | None) -> list[dict[str, Any]]:
+    """Each chain's notebooks as tasks that wait on the one before; chains side by side on the cluster."""
+    from . import parallel
+
+    try:
+        return _run_with(parallel.cluster(scheduler=scheduler, workers=workers), chains, root)
+    except parallel.CacheNotShared as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run_with(cluster: Any, chains: list[list[dict[str, Any]]], root: Path) -> list[dict[str, Any]]:
+    from distributed import as_completed
+
+    from . import parallel
+
+    with cluster as client:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        # a worker that declares a GPU gives it to one notebook at a time
+        resources = {"GPU": 1} if parallel.has_gpu_workers(client) else None
+        futures, n = [], sum(map(len, chains))
+        for chain in chains:
+            prev = None
+            for job in chain:
+                prev = client.submit(notebook_task, job, prev, pure=False, resources=resources,
+                                     key=f"{job['rel']}{_seed_note(job)}-{os.urandom(4).hex()}")
+                futures.append(prev)
+        results = []
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker died every time Dask tried (KilledWorker), or the one before did
+                job = future.key.rsplit("-", 1)[0]
+                result = {"rel": job, "seed": None, "out": "", "took": 0.0, "error": f"{type(exc).__name__}: "
+                          f"{_one_line(str(exc))}", "lost": True}
+            if result.get("refused"):
+                client.cancel(futures)
+                raise UsageError(result["refused"])
+            results.append(result)
+            head = f"[{len(results)}/{n}] {result['rel']}{_seed_note(result)}"
+            if result.get("lost"):
+                print(f"{head}: FAILED: {result['error']}", flush=True)
+            else:
+                print(head, end="", flush=True)
+                print_outcome(result, root, prefix=": ")
+    return results
+
+
+def print_outcome(result: dict[str, Any], root: Path, prefix: str = "    ") -> None:
+    if result["error"]:
+        print(f"{prefix}FAILED after {result['took']:.0f} s: {result['error']}\n    the executed copy, with the "
+              f"error: {Path(result['out']).relative_to(root)}", flush=True)
+    else:
+        print(f"{prefix}done in {result['took']:.0f} s -> {Path(result['written']).relative_to(root)}", flush=True)
 
 
 # ---------------------------------------------------------------- report
@@ -312,6 +436,45 @@ def report_markdown(results: list[dict[str, Any]]) -> str:
     return out
 
 
+def read_seed_results(root: Path, profile: str | None = None) -> list[dict[str, Any]]:
+    """The results of the runs for seeds other than 0 (``runs/<profile>/seed-S/<series>/results/``)."""
+    results = []
+    for path in sorted((root / "runs").glob("*/seed-*/*/results/*.json")):
+        if profile and path.parts[-5] != profile:
+            continue
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"warning: skipping unreadable {path.relative_to(root)} ({exc})", file=sys.stderr)
+    return results
+
+
+def seed_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per claim (series, notebook, profile, claim id): its verdict and measured value on each seed."""
+    rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for r in sorted(results, key=lambda r: r.get("seed", 0)):
+        for c in r["claims"]:
+            row = rows.setdefault((r["series"], r["notebook"], r["profile"], c.get("id", c["text"])),
+                                  {"series": r["series"], "notebook": r["notebook"], "profile": r["profile"],
+                                   "claim": c, "seeds": {}})
+            row["seeds"].setdefault(r.get("seed", 0), (claims.verdict_of(c), c["measured"]))
+    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], PROFILES.index(k[2])))]
+
+
+def seeds_markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["| series | notebook | profile | kind | claim | paper | held on | measured per seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in seed_rows(results):
+        c, seeds = row["claim"], row["seeds"]
+        held = sum(v == "holds" for v, _ in seeds.values())
+        shown = f"smoke, {len(seeds)} seeds" if row["profile"] == "smoke" else f"{held} of {len(seeds)} seeds"
+        measured = "; ".join(f"{s}: {_cell(m)} ({v})" for s, (v, m) in seeds.items())
+        lines.append("| " + " | ".join(_cell(v) for v in (row["series"], row["notebook"], row["profile"],
+                                                          c.get("kind", "paper"), c["text"], c["paper"])) +
+                     f" | {shown} | {measured} |")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     root = repo_root()
     if not all_series(root):
@@ -322,9 +485,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         which = f"at {args.profile} " if args.profile else ""
         print(f"no results {which}yet: run `prunebook run --profile {args.profile or 'cpu'}` first")
         return 0
-    text = report_markdown(results)
+    if args.seeds:
+        text = seeds_markdown(results + read_seed_results(root, args.profile))
+    else:
+        text = report_markdown(results)
     print(text, end="")
-    out = root / "runs" / "report.md"
+    out = root / "runs" / ("report-seeds.md" if args.seeds else "report.md")
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     print(f"\n(written to {out.relative_to(root)})")
@@ -351,9 +517,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a notebook parameter, e.g. -p seed=1 (repeatable)")
     run.add_argument("--only", action="append", default=[], metavar="PATTERN",
                      help="run only notebooks whose name contains PATTERN (repeatable)")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="run on a local Dask cluster of N worker processes (default: as many as the cores, or one "
+                          "per GPU); 1 runs everything here, one notebook after another")
+    run.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="run on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (default: $PRUNEBOOK_SCHEDULER)")
+    run.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                     help="run once per seed (-p seed=S); seed 0 writes the usual outputs, the others under "
+                          "runs/<profile>/seed-S/")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="all claims, paper vs measured, as one Markdown table")
     report.add_argument("--profile", choices=PROFILES, default=None, help="only this profile's results")
+    report.add_argument("--seeds", action="store_true",
+                        help="per claim: on how many seeds it held, and the measured value per seed")
     report.set_defaults(func=cmd_report)
     return parser
 

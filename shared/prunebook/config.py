@@ -195,3 +195,11 @@ def pick_device(device: str = "auto") -> torch.device:
 def series_dir() -> Path:
     """The series folder a notebook runs in (its working directory, as papermill and nbval set it)."""
     return Path.cwd()
+
+
+def output_dir(kind: str, profile: str) -> Path:
+    """Where a notebook writes its ``results`` or ``figures``: ``<series>/<kind>/<profile>/``, unless
+    ``$PRUNEBOOK_RESULTS_DIR`` / ``$PRUNEBOOK_FIGURES_DIR`` names another folder (``prunebook run --seeds`` sets
+    them for every seed but the first, so those runs never overwrite the committed outputs)."""
+    override = os.environ.get(f"PRUNEBOOK_{kind.upper()}_DIR")
+    return Path(override) if override else series_dir() / kind / profile

@@ -16,7 +16,7 @@ from .style import PALETTE, use_style  # noqa: F401  (notebooks colour their lin
 
 def figures_dir(profile: str | None = None) -> Path:
     profile = profile or config.current().profile
-    return config.series_dir() / "figures" / profile
+    return config.output_dir("figures", profile)
 
 
 def savefig(fig: plt.Figure, name: str, profile: str | None = None, formats: tuple[str, ...] = ("png", "pdf")) -> None:

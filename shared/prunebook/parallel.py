@@ -1,0 +1,155 @@
+"""One parallel map for the grids of a notebook (one cached training per item).
+
+    results = prunebook.parallel.map(train_one, configs)
+
+On a Dask cluster (the code runs in a Dask worker task, or a ``distributed.Client`` is open in this process)
+the items become tasks on the cluster; otherwise they run here, one after another. Either way the results come
+back in the order of ``items`` and the first exception is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _where() -> str | None:
+    """``"worker"`` inside a Dask worker task, ``"client"`` with a client open here, else None."""
+    if "distributed" not in sys.modules:  # nothing imported it: there is no cluster to use
+        return None
+    import distributed
+
+    try:
+        distributed.get_worker()
+        return "worker"
+    except ValueError:
+        pass
+    try:
+        distributed.default_client()
+        return "client"
+    except ValueError:
+        return None
+
+
+def map(fn: Callable[[Any], Any], items: Iterable[Any], **submit: Any) -> list[Any]:
+    """``[fn(x) for x in items]``, as cluster tasks when there is a cluster. ``submit`` goes to ``Client.map``
+    (e.g. ``resources={"GPU": 1}``) and is ignored in-process."""
+    items = list(items)
+    where = _where()
+    if where is None:
+        return [fn(x) for x in items]
+    import distributed
+
+    if where == "worker":
+        # worker_client secedes this task from the worker's thread pool while it waits, so the tasks it
+        # submits can run in its slot: no deadlock with fewer workers than tasks.
+        with distributed.worker_client() as client:
+            return client.gather(client.map(fn, items, pure=False, **submit))
+    client = distributed.default_client()
+    return client.gather(client.map(fn, items, pure=False, **submit))
+
+
+
+# ---------------------------------------------------------------- the cluster a run uses
+
+
+@contextlib.contextmanager
+def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: on the scheduler at ``scheduler`` (its cache folder checked to be this
+    machine's), else on a LocalCluster of ``workers`` processes of one thread each. With k CUDA GPUs visible,
+    the LocalCluster has one worker per GPU (``workers`` defaults to k), each declaring ``GPU=1`` and seeing
+    only its own GPU."""
+    import distributed
+
+    if scheduler:
+        with distributed.Client(scheduler) as client:
+            check_shared_cache(client)
+            yield client
+        return
+    gpus = visible_gpus()
+    n = workers or len(gpus) or 1
+    # one thread per worker: the notebooks' kernels and torch inherit it, so N workers use N cores
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    resources = {"GPU": 1} if gpus else None
+    if gpus:
+        env["PRUNEBOOK_GPUS"] = ",".join(gpus)
+    with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
+                                  resources=resources, dashboard_address=":0") as local:
+        with distributed.Client(local) as client:
+            yield client
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this machine shows (as ``CUDA_VISIBLE_DEVICES`` would name them), without starting CUDA."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def pin_gpu() -> None:
+    """In a worker of a LocalCluster with GPUs: see only this worker's GPU (worker i gets the i-th one). Called
+    before a notebook kernel starts, which inherits it."""
+    gpus = os.environ.get("PRUNEBOOK_GPUS")
+    if gpus:
+        import distributed
+
+        name = distributed.get_worker().name
+        index = name if isinstance(name, int) else int(hashlib.sha1(str(name).encode()).hexdigest(), 16)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.split(",")[index % len(gpus.split(","))]
+
+
+def has_gpu_workers(client: Any) -> bool:
+    return any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())
+
+
+def _write_probe(token: str) -> str:
+    from . import cache
+
+    name = f".probe-{token}-{socket.gethostname()}-{os.getpid()}"
+    folder = cache.cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("written by a worker to check that the cache folder is shared\n")
+    return str(folder / name)
+
+
+def check_shared_cache(client: Any) -> None:
+    """Every worker writes a file into its cache folder; this process must see each one in its own. Else stop:
+    the notebooks would recompute what others cached and the results would not come back."""
+    from . import cache
+
+    token = uuid.uuid4().hex[:12]
+    written = client.run(_write_probe, token)  # worker address -> the path it wrote
+    missing = []
+    for path in written.values():
+        here = cache.cache_dir() / Path(path).name
+        if here.exists():
+            here.unlink()
+        else:
+            missing.append(path)
+    if missing:
+        client.run(_remove, missing)
+        raise CacheNotShared(f"the workers' cache folder ({Path(missing[0]).parent}) is not this machine's "
+                             f"({cache.cache_dir()}): set PRUNEBOOK_CACHE to a folder on a filesystem that the "
+                             "workers and this machine share")
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+
+
+class CacheNotShared(RuntimeError):
+    """The workers write their cache where this process cannot read it."""
