@@ -1,0 +1,524 @@
+"""Visual Dependency Transformers: Dependency Tree Emerges from Reversed Attention (Ding, Shen, Fan, Chen, Chen, Luo,
+Tenenbaum & Gan, CVPR 2023, arXiv 2304.03282): this series' method code.
+
+In ordinary self-attention token i *gathers* from the tokens j it attends to. In reversed attention the same
+row-normalised weights are read as child i's distribution over candidate parents j, and the child *sends* its value
+to them, gated by a head selector P (which heads a child speaks through) and a message controller M (how much it
+still sends, a product over layers). Summed over heads, the gated and transposed weights form the soft dependency
+mask, from which a tree of patches is read; tokens that have stopped sending (low M) can be dropped
+(DependencyViT-Lite).
+
+- The operator: :func:`attention_weights`, :func:`reversed_attention` (matrix form), :func:`send_loop` (the same,
+  child by child, for tests and teaching).
+- Models: :class:`Attention`, :class:`ReversedAttention`, :class:`Block` (one class for the plain and the reversed
+  block), :class:`ViT` and :func:`build` (a plain ViT or a DependencyViT of the same size for Fashion-MNIST or
+  PartShapes); :meth:`ViT.trace` returns the per-layer masks, M and surviving token positions; :func:`macs`.
+- Trees: :func:`parents`, :func:`extract_tree` (argmax parents, cycle repair, roots), :meth:`Tree.subtrees`.
+- Lite: :func:`keep_tokens`, :func:`lite_keep_ratios`, the ``prune_at``/``keep`` arguments of :class:`ViT`.
+- Data: :func:`part_shapes` and :func:`two_objects` (the synthetic PartShapes images with exact part and object
+  labels), :func:`patch_labels`.
+
+The official repository holds no code and the full text of the paper could not be read here (only its abstract
+and the Fig. 2 caption); everything else below is a reconstruction. Every choice the paper does not settle for
+us is marked "our choice".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from prunebook import data, prune
+from torch import nn
+
+NAMESPACE = "05_dependencyvit"
+
+# ---------------------------------------------------------------- the operator
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """A = softmax(Q Kᵀ / √d) over the last axis: row i (a query, in reversed attention a child) is a
+    distribution over the tokens j (keys; in reversed attention its candidate parents). ``q``, ``k``: B×H×N×d."""
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+
+
+def reversed_attention(a: torch.Tensor, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Children send: out_j = Σ_i A_ij P_hi M_i v_i, i.e. out = (A ⊙ P ⊙ M)ᵀ V.
+
+    ``a``: B×H×N×N (row = child), ``p``: B×H×N (each child's weight on each head, summing to 1 over heads),
+    ``m``: B×N (each child's message controller), ``v``: B×H×N×d. Returns the output B×H×N×d and the soft
+    dependency mask Σ_h (A ⊙ P ⊙ M)ᵀ, B×N×N with rows = parents and columns = children; child i's column sums
+    to M_i."""
+    gated = a * p.unsqueeze(-1) * m[:, None, :, None]  # scales child i's row
+    reversed_a = gated.transpose(-2, -1)
+    return reversed_a @ v, reversed_a.sum(1)
+
+
+def send_loop(a: torch.Tensor, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """:func:`reversed_attention`'s output written as message passing: every child i sends to every parent j the
+    share A_ij of its value, weighted by its head selector and message controller. Slow; for tests."""
+    out = torch.zeros_like(v)
+    batch, heads, n, _ = a.shape
+    for b in range(batch):
+        for h in range(heads):
+            for child in range(n):
+                for parent in range(n):
+                    out[b, h, parent] += a[b, h, child, parent] * p[b, h, child] * m[b, child] * v[b, h, child]
+    return out
+
+
+# ---------------------------------------------------------------- blocks and models
+
+
+class Attention(nn.Module):
+    """Ordinary multi-head self-attention (qkv without bias, as in the reversed block: our choice). With ``fused``
+    it runs through ``F.scaled_dot_product_attention``; the explicit path is the one FLOP counters can see."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.fused = True
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+    def forward(self, x: torch.Tensor, need_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output and, with ``need_mask``, the head-averaged Aᵀ (rows = attended tokens, columns = queries:
+        the plain ViT's counterpart of the dependency mask, a baseline for the trees)."""
+        q, k, v = self.split(x)
+        if self.fused and not need_mask:
+            return self.merge(F.scaled_dot_product_attention(q, k, v)), None
+        a = attention_weights(q, k)
+        return self.merge(a @ v), (a.mean(1).transpose(-2, -1) if need_mask else None)
+
+
+class ReversedAttention(Attention):
+    """Reversed attention with a head selector and a cumulative message controller.
+
+    - Head selector P = softmax over heads of W_P x / τ, one weight matrix without bias ([paper via note], τ = 0.1
+      after the unofficial re-implementation), computed in float32 because 1/τ = 10 scales the logits.
+    - Message controller m = sigmoid(MLP(x)), MLP = Linear(C → C/2) → GELU → Linear(C/2 → 1); the hidden width is
+      our choice, and so are the biases: the last one starts at +2.2 so that m ≈ 0.9 at initialisation and the
+      product over layers does not start near zero. M_l = M_{l-1} ⊙ m_l, with M_0 = 1.
+    - P and m are computed from the block's normalised input x, like q, k, v (our choice).
+    """
+
+    def __init__(self, dim: int, heads: int, tau: float = 0.1, controller_bias: float = 2.2):
+        super().__init__(dim, heads)
+        self.tau = tau
+        self.selector = nn.Linear(dim, heads, bias=False)
+        self.controller = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, 1))
+        nn.init.constant_(self.controller[-1].bias, controller_bias)
+
+    def gates(self, x: torch.Tensor, m_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P (B×H×N, sums to 1 over heads) and the cumulative M (B×N)."""
+        p = torch.softmax(self.selector(x).float() / self.tau, dim=-1).to(x.dtype).transpose(1, 2)
+        m = m_prev * torch.sigmoid(self.controller(x)).squeeze(-1)
+        return p, m
+
+    def forward(self, x: torch.Tensor, m_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The output, the new cumulative M and the dependency mask (B×N×N, rows = parents)."""
+        q, k, v = self.split(x)
+        p, m = self.gates(x, m_prev)
+        out, mask = reversed_attention(attention_weights(q, k), p, m, v)
+        return self.merge(out), m, mask
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block with LayerScale, ordinary or reversed. The two halves are separate methods
+    because DependencyViT-Lite drops tokens between them: after the attention residual (a dropped token has
+    already sent its message in this layer) and before the MLP, where the unofficial re-implementation does it."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, reversed: bool = False, tau: float = 0.1,
+                 layer_scale: float = 1e-4):
+        super().__init__()
+        self.reversed = reversed
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = ReversedAttention(dim, heads, tau) if reversed else Attention(dim, heads)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        # LayerScale: 1e-4 rather than the re-implementation's 1e-6, which learns slowly in a few epochs (our choice)
+        self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
+        self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def attend(self, x: torch.Tensor, m: torch.Tensor, need_mask: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x + γ₁·attention(norm(x)); returns x, the cumulative M (all ones in a plain block) and the mask."""
+        if self.reversed:
+            out, m, mask = self.attn(self.norm1(x), m)
+        else:
+            out, mask = self.attn(self.norm1(x), need_mask)
+        return x + self.gamma1 * out, m, mask
+
+    def feed(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma2 * self.mlp(self.norm2(x))
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, m, _ = self.attend(x, m)
+        return self.feed(x), m
+
+
+def keep_tokens(m: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Indices (B×n_keep) of the ``n_keep`` tokens with the largest cumulative M: the ones still sending. The
+    indices come back in their original order (our choice; attention does not care about order)."""
+    return m.detach().topk(n_keep, dim=1).indices.sort(dim=1).values
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` (B×K) of ``x`` (B×N or B×N×C)."""
+    if x.ndim == 2:
+        return x.gather(1, index)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def lite_keep_ratios(steps: int, drop: float) -> tuple[float, ...]:
+    """Kept fractions of the original tokens after each of ``steps`` pruning layers, each removing ``drop`` of the
+    original count: the unofficial DependencyViT-Lite-Tiny removes 0.16 at 4 layers (0.84, 0.68, 0.52, 0.36)."""
+    return tuple(round(1 - drop * (s + 1), 10) for s in range(steps))
+
+
+@dataclass
+class Trace:
+    """What a forward pass leaves for the reader: the logits and, for every block l, the dependency mask (B×N_l×N_l,
+    rows = parents; for the plain ViT the head-averaged Aᵀ), the cumulative M (B×N_l) and ``positions`` (B×N_l, the
+    patch index of each token still present; pruning only removes tokens after the attention of its block)."""
+
+    logits: torch.Tensor
+    masks: list[torch.Tensor]
+    ms: list[torch.Tensor]
+    positions: list[torch.Tensor]
+    kept: dict[int, torch.Tensor]
+
+
+class ViT(nn.Module):
+    """A small ViT (``reversed=False``) or DependencyViT (``reversed=True``) of the same size.
+
+    Patch embedding by a strided conv, learned position embedding, no class token, ``depth`` blocks, a final
+    LayerNorm, then global average pooling and a linear classifier. In the DependencyViT every block is reversed
+    (our choice, as in the unofficial re-implementation; which layers the paper reverses was not read) and each
+    token is weighted by its final cumulative M after the final norm and before the pooling (the unofficial order;
+    the paper's is unknown). The pooling averages over the tokens still present.
+
+    Lite: ``prune_at`` are block indices (0-based) after whose attention the lowest-M tokens are dropped, and
+    ``keep`` the fraction of the *original* tokens left after each (rounded to the nearest count)."""
+
+    def __init__(self, image_size: int = 28, patch: int = 4, in_channels: int = 1, num_classes: int = 10,
+                 dim: int = 96, depth: int = 6, heads: int = 6, mlp_ratio: float = 2.0, reversed: bool = False,
+                 tau: float = 0.1, layer_scale: float = 1e-4, prune_at: Sequence[int] = (),
+                 keep: Sequence[float] = ()):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image_size={image_size} is not a multiple of patch={patch}")
+        if len(prune_at) != len(keep):
+            raise ValueError(f"prune_at={prune_at} and keep={keep} need one ratio per pruning layer")
+        if prune_at and not reversed:
+            raise ValueError("token pruning by M needs the reversed blocks (reversed=True)")
+        self.reversed, self.patch = reversed, patch
+        self.n_tokens = (image_size // patch) ** 2
+        self.keep_counts = {int(layer): max(1, round(self.n_tokens * r)) for layer, r in zip(prune_at, keep)}
+        if any(not 0 <= layer < depth for layer in self.keep_counts):
+            raise ValueError(f"prune_at={prune_at}: blocks are 0 to {depth - 1}")
+        self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.pos = nn.Parameter(torch.randn(1, self.n_tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, reversed, tau, layer_scale) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images).flatten(2).transpose(1, 2) + self.pos
+
+    def classify(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        if self.reversed:
+            x = x * m.unsqueeze(-1)
+        return self.head(x.mean(1))
+
+    def trace(self, images: torch.Tensor, need_masks: bool = True) -> Trace:
+        x = self.tokens(images)
+        b, n, _ = x.shape
+        m = x.new_ones(b, n)
+        pos = torch.arange(n, device=x.device).expand(b, n)
+        masks, ms, positions, kept = [], [], [], {}
+        for i, blk in enumerate(self.blocks):
+            x, m, mask = blk.attend(x, m, need_masks)
+            masks.append(mask)
+            ms.append(m)
+            positions.append(pos)
+            if i in self.keep_counts:
+                kept[i] = keep_tokens(m, self.keep_counts[i])
+                x, m, pos = (gather_tokens(t, kept[i]) for t in (x, m, pos))
+            x = blk.feed(x)
+        return Trace(self.classify(x, m), masks, ms, positions, kept)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.trace(images, need_masks=False).logits
+
+
+# image size, channels, classes (the two-object set is classified by its left object)
+DATASETS = {"fashion_mnist": (28, 1, 10), "partshapes": (32, 1, 4), "two_objects": (48, 1, 4)}
+
+
+def build(kind: str = "dependencyvit", dataset: str = "fashion_mnist", **kwargs) -> ViT:
+    """``kind`` ``vit`` or ``dependencyvit``, sized for ``dataset`` (a key of :data:`DATASETS`). The defaults (patch 4,
+    dim 96, depth 6, 6 heads of width 16, MLP ratio 2) are our choice for a CPU; the unofficial Tiny has patch 16,
+    dim 192, depth 12 and 12 heads at 224×224."""
+    if kind not in ("vit", "dependencyvit"):
+        raise ValueError(f"kind={kind!r}; choose vit or dependencyvit")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r}; choose one of {sorted(DATASETS)}")
+    size, channels, classes = DATASETS[dataset]
+    return ViT(size, in_channels=channels, num_classes=classes, reversed=kind == "dependencyvit", **kwargs)
+
+
+def macs(model: ViT, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass (``prunebook.prune.count_macs``), with the plain attention on its
+    explicit path so that the counter sees Q Kᵀ and A V (it counts nothing inside the fused kernel on CPU)."""
+    attns = [blk.attn for blk in model.blocks]
+    fused = [a.fused for a in attns]
+    for a in attns:
+        a.fused = False
+    try:
+        return prune.count_macs(model, example)
+    finally:
+        for a, f in zip(attns, fused):
+            a.fused = f
+
+
+# ---------------------------------------------------------------- dependency trees
+
+
+def parents(mask: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Each child's parent: the argmax down its column of the dependency mask (…×N×N, rows = parents)."""
+    return np.asarray(torch.as_tensor(mask).argmax(dim=-2))
+
+
+@dataclass
+class Tree:
+    """A tree over N tokens: ``parent[i]`` (a root is its own parent), the argmax parents before repair, and how
+    many cycles were broken to get here."""
+
+    parent: np.ndarray
+    raw_parent: np.ndarray
+    cycles: int
+
+    @property
+    def roots(self) -> np.ndarray:
+        return np.flatnonzero(self.parent == np.arange(len(self.parent)))
+
+    def subtrees(self, tops: Sequence[int] | None = None) -> np.ndarray:
+        """A partition of the tokens: each token's label is the first node of ``tops`` on its path to the root,
+        itself included, or its root when there is none (with ``tops=None``: one subtree per root)."""
+        stop = np.zeros(len(self.parent), bool)
+        stop[self.roots] = True
+        if tops is not None:
+            stop[list(tops)] = True
+        label = np.arange(len(self.parent))
+        for i in range(len(self.parent)):
+            j = i
+            while not stop[j]:
+                j = self.parent[j]
+            label[i] = j
+        return label
+
+    def depth(self) -> np.ndarray:
+        """Each token's number of edges to its root."""
+        out = np.zeros(len(self.parent), int)
+        for i in range(len(self.parent)):
+            j = i
+            while self.parent[j] != j:
+                j, out[i] = self.parent[j], out[i] + 1
+        return out
+
+
+def extract_tree(mask: torch.Tensor | np.ndarray) -> Tree:
+    """The tree read off one dependency mask (N×N, rows = parents, columns = children).
+
+    Each token takes as parent the argmax of its column; a token that picks itself is a root. Argmax parents may
+    close cycles; in each one the member that receives the most mass (row sum of the mask) becomes a root (our
+    choice of repair; a maximum spanning arborescence would be the principled alternative)."""
+    mask = np.asarray(torch.as_tensor(mask).detach().float())
+    raw = mask.argmax(axis=0)
+    received = mask.sum(axis=1)
+    parent = raw.copy()
+    state = np.zeros(len(raw), int)  # 0 unseen, 1 on the current walk, 2 settled
+    cycles = 0
+    for start in range(len(raw)):
+        walk, i = [], start
+        while state[i] == 0:
+            state[i] = 1
+            walk.append(i)
+            i = parent[i]
+        if state[i] == 1:  # the walk came back to itself
+            loop = walk[walk.index(i):]
+            if len(loop) > 1:
+                new_root = max(loop, key=lambda j: received[j])
+                parent[new_root] = new_root
+                cycles += 1
+        state[walk] = 2
+    return Tree(parent, raw, cycles)
+
+
+# ---------------------------------------------------------------- PartShapes
+
+SHAPE_CLASSES = ("person", "house", "tree", "car")
+# Each class: three parts, each a list of primitives in unit sizes, offsets (dx, dy) from the object centre with y
+# growing downward. ("disk", dx, dy, r), ("rect", dx, dy, w, h), ("tri", dx, dy, base, height) with its apex up.
+# Parts are drawn in order, so a later one covers an earlier one (the door on the wall). Our choice of shapes.
+SHAPE_PARTS = {
+    0: [[("disk", 0, -7, 3)], [("rect", 0, 0, 6, 8)], [("rect", -1.5, 7, 2, 6), ("rect", 1.5, 7, 2, 6)]],
+    1: [[("tri", 0, -6, 12, 6)], [("rect", 0, 1, 10, 8)], [("rect", 0, 2.5, 3, 5)]],
+    2: [[("disk", 0, -4, 5)], [("rect", 0, 3.5, 3, 7)], [("rect", 0, 8, 14, 2)]],
+    3: [[("rect", 0, 0, 14, 5)], [("rect", 0, -4.5, 7, 4)], [("disk", -4, 3.5, 2), ("disk", 4, 3.5, 2)]],
+}
+VARIANTS = ("easy", "hard", "hard_bg")
+
+
+@dataclass
+class Shapes:
+    """Images with exact labels. ``x`` N×1×H×W in [0, 1]; ``y`` the class (of the left object in the two-object
+    set); ``classes`` N×(objects) every object's class; ``parts`` N×H×W the part slot (0 background, 1 to 3 in the
+    order of :data:`SHAPE_PARTS`); ``objects`` N×H×W the object id (0 background, 1 left/only, 2 right)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: torch.Tensor
+    parts: torch.Tensor
+    objects: torch.Tensor
+
+    @property
+    def foreground(self) -> torch.Tensor:
+        return self.objects > 0
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def imageset(self, name: str = "PartShapes") -> data.ImageSet:
+        return data.ImageSet(self.x, self.y, SHAPE_CLASSES, name)
+
+
+def _primitive(u: np.ndarray, v: np.ndarray, shape: tuple, k: float) -> np.ndarray:
+    kind, dx, dy, *size = shape
+    u, v = u - dx * k, v - dy * k
+    if kind == "disk":
+        return u**2 + v**2 <= (size[0] * k) ** 2
+    if kind == "rect":
+        return (np.abs(u) <= size[0] * k / 2) & (np.abs(v) <= size[1] * k / 2)
+    base, height = size[0] * k, size[1] * k
+    from_top = v + height / 2  # 0 at the apex, ``height`` at the base
+    return (from_top >= 0) & (from_top <= height) & (np.abs(u) <= base / 2 * from_top / height)
+
+
+def _draw(cls: int, cx: float, cy: float, k: float, angle: float, size: int) -> np.ndarray:
+    """The part map (size×size, 0 = none) of one object, by rotating pixel centres into the object's frame."""
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    c, s = math.cos(angle), math.sin(angle)
+    u = c * (xs - cx) + s * (ys - cy)
+    v = -s * (xs - cx) + c * (ys - cy)
+    out = np.zeros((size, size), np.int64)
+    for slot, part in enumerate(SHAPE_PARTS[cls], start=1):
+        for shape in part:
+            out[_primitive(u, v, shape, k)] = slot
+    return out
+
+
+def patch_labels(labels: torch.Tensor | np.ndarray, patch: int = 4) -> torch.Tensor:
+    """Patch-level ground truth of pixel label maps (N×H×W, 0 = background): a patch is foreground when at least
+    half of its pixels are labelled, and then takes the label with the most pixels (the lower one on a tie)."""
+    labels = torch.as_tensor(labels)
+    n, h, w = labels.shape
+    counts = F.one_hot(labels, int(labels.max()) + 1 if labels.numel() else 1)
+    counts = counts.reshape(n, h // patch, patch, w // patch, patch, -1).sum((2, 4))
+    fg = 2 * counts[..., 1:].sum(-1) >= patch * patch
+    best = counts[..., 1:].argmax(-1) + 1 if counts.shape[-1] > 1 else torch.zeros_like(fg, dtype=torch.long)
+    return torch.where(fg, best, 0)
+
+
+def _owns_every_part(part_map: np.ndarray, patch: int) -> bool:
+    return set(patch_labels(part_map[None], patch).unique().tolist()) >= {1, 2, 3}
+
+
+def _background(rng: np.random.Generator, size: int, variant: str) -> np.ndarray:
+    if variant == "hard_bg":  # unfiltered texture as bright as the objects: intensity alone no longer separates them
+        return rng.random((size, size)) * rng.uniform(0, 1.0)
+    noise = np.pad(rng.random((size, size)), 2, mode="reflect")
+    smooth = sum(noise[i:i + size, j:j + size] for i in range(5) for j in range(5)) / 25  # 5×5 box blur
+    smooth = (smooth - smooth.min()) / (np.ptp(smooth) + 1e-12)
+    return smooth * rng.uniform(0, 0.3)
+
+
+def _scene(rng: np.random.Generator, size: int, objects: list[tuple[int, tuple[float, float, float, float], slice]],
+           variant: str, patch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image: each object (class, (x0, x1, y0, y1) range of its centre, columns it may occupy) is placed with a
+    random centre, scale k in [1.4, 1.8] and rotation in ±15°, drawn again until every part owns a patch (our choice;
+    at these scales a redraw is rare)."""
+    parts = np.zeros((size, size), np.int64)
+    owner = np.zeros((size, size), np.int64)
+    for obj, (cls, (x0, x1, y0, y1), columns) in enumerate(objects, start=1):
+        while True:
+            drawn = _draw(cls, rng.uniform(x0, x1), rng.uniform(y0, y1), rng.uniform(1.4, 1.8),
+                          math.radians(rng.uniform(-15, 15)), size)
+            drawn[:, :columns.start or 0] = 0
+            drawn[:, columns.stop or size:] = 0
+            if _owns_every_part(drawn, patch):
+                break
+        parts[drawn > 0] = drawn[drawn > 0]
+        owner[drawn > 0] = obj
+    image = _background(rng, size, variant)
+    for obj in range(1, len(objects) + 1):
+        # easy: each part its own intensity; hard: one intensity per object, so only geometry separates the parts
+        shades = rng.uniform(0.5, 1.0, 3) if variant == "easy" else np.full(3, rng.uniform(0.5, 1.0))
+        for slot in (1, 2, 3):
+            image[(owner == obj) & (parts == slot)] = shades[slot - 1]
+    return image, parts, owner
+
+
+def _shapes(n: int, seed: int, variant: str, size: int, patch: int, layouts) -> Shapes:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r}; choose one of {VARIANTS}")
+    if size % patch:
+        raise ValueError(f"size={size} is not a multiple of patch={patch}")
+    rng = np.random.default_rng(seed)
+    images, parts, owners, classes = [], [], [], []
+    for _ in range(n):
+        layout = layouts(rng)
+        image, part, owner = _scene(rng, size, layout, variant, patch)
+        images.append(image)
+        parts.append(part)
+        owners.append(owner)
+        classes.append([cls for cls, _, _ in layout])
+    classes = torch.tensor(classes, dtype=torch.long).reshape(n, -1)
+    return Shapes(torch.tensor(np.array(images), dtype=torch.float32).reshape(n, 1, size, size), classes[:, 0].clone(),
+                  classes, torch.tensor(np.array(parts)).reshape(n, size, size),
+                  torch.tensor(np.array(owners)).reshape(n, size, size))
+
+
+def part_shapes(n: int, seed: int = 0, variant: str = "easy", patch: int = 4) -> Shapes:
+    """``n`` 32×32 images of one object each (4 classes of 3 parts) on a textured background; the same seed gives
+    the same images. Every part owns at least one ``patch``×``patch`` patch (:func:`patch_labels`)."""
+    def layout(rng):
+        return [(int(rng.integers(4)), (14, 18, 14, 18), slice(None))]
+    return _shapes(n, seed, variant, 32, patch, layout)
+
+
+def two_objects(n: int, seed: int = 0, variant: str = "easy", patch: int = 4) -> Shapes:
+    """``n`` 48×48 images of two objects of different classes, one in each half (each clipped to its half, so they
+    never overlap; our choice), for subtrees against entities. ``y`` is the left object's class."""
+    def layout(rng):
+        left, right = rng.choice(4, 2, replace=False)
+        return [(int(left), (10, 14, 22, 26), slice(0, 24)), (int(right), (34, 38, 22, 26), slice(24, 48))]
+    return _shapes(n, seed, variant, 48, patch, layout)
