@@ -110,8 +110,9 @@ class Attention(nn.Module):
 class ReversedAttention(Attention):
     """Reversed attention with a head selector and a cumulative message controller.
 
-    - Head selector P = softmax over heads of W_P x / τ, one weight matrix without bias ([paper via note], τ = 0.1
-      after the unofficial re-implementation), computed in float32 because 1/τ = 10 scales the logits.
+    - Head selector P = softmax over heads of W_P x / τ: one weight matrix without bias and τ = 0.1, both of which
+      the unofficial re-implementation attributes to the paper (its appendix D.1; not read here). Computed in float32
+      because 1/τ = 10 scales the logits (our choice).
     - Message controller m = sigmoid(MLP(x)), MLP = Linear(C → C/2) → GELU → Linear(C/2 → 1); the hidden width is
       our choice, and so are the biases: the last one starts at +2.2 so that m ≈ 0.9 at initialisation and the
       product over layers does not start near zero. M_l = M_{l-1} ⊙ m_l, with M_0 = 1.
@@ -140,9 +141,10 @@ class ReversedAttention(Attention):
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block with LayerScale, ordinary or reversed. The two halves are separate methods
-    because DependencyViT-Lite drops tokens between them: after the attention residual (a dropped token has
-    already sent its message in this layer) and before the MLP, where the unofficial re-implementation does it."""
+    """A pre-norm transformer block with LayerScale, ordinary or reversed; no dropout or stochastic depth (our
+    choice, for small CPU runs). The two halves are separate methods because DependencyViT-Lite drops tokens between
+    them: after the attention residual (a dropped token has already sent its message in this layer) and before the
+    MLP. That position is our choice, the unofficial re-implementation's; the paper's was not read."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, reversed: bool = False, tau: float = 0.1,
                  layer_scale: float = 1e-4):
@@ -209,13 +211,14 @@ class ViT(nn.Module):
     """A small ViT (``reversed=False``) or DependencyViT (``reversed=True``) of the same size.
 
     Patch embedding by a strided conv, learned position embedding, no class token, ``depth`` blocks, a final
-    LayerNorm, then global average pooling and a linear classifier. In the DependencyViT every block is reversed
-    (our choice, as in the unofficial re-implementation; which layers the paper reverses was not read) and each
-    token is weighted by its final cumulative M after the final norm and before the pooling (the unofficial order;
-    the paper's is unknown). The pooling averages over the tokens still present.
+    LayerNorm, then global average pooling and a linear classifier (our choice, as in the unofficial
+    re-implementation). In the DependencyViT every block is reversed (our choice; which layers the paper reverses was
+    not read) and each token is weighted by its final cumulative M after the final norm and before the pooling (our
+    choice, the unofficial order). The pooling averages over the tokens still present (our choice).
 
-    Lite: ``prune_at`` are block indices (0-based) after whose attention the lowest-M tokens are dropped, and
-    ``keep`` the fraction of the *original* tokens left after each (rounded to the nearest count)."""
+    Lite: ``prune_at`` are block indices (0-based) after whose attention the lowest-M tokens are dropped (the
+    criterion of the unofficial re-implementation; the paper's words are "leaf nodes which rarely send messages"),
+    and ``keep`` the fraction of the *original* tokens left after each, rounded to the nearest count (our choice)."""
 
     def __init__(self, image_size: int = 28, patch: int = 4, in_channels: int = 1, num_classes: int = 10,
                  dim: int = 96, depth: int = 6, heads: int = 6, mlp_ratio: float = 2.0, reversed: bool = False,
@@ -303,7 +306,8 @@ def macs(model: ViT, example: torch.Tensor) -> int:
 
 
 def parents(mask: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Each child's parent: the argmax down its column of the dependency mask (…×N×N, rows = parents)."""
+    """Each child's parent: the argmax down its column of the dependency mask (…×N×N, rows = parents). Reading the
+    tree this way is our choice; the paper's exact procedure was not read."""
     return np.asarray(torch.as_tensor(mask).argmax(dim=-2))
 
 
@@ -322,7 +326,8 @@ class Tree:
 
     def subtrees(self, tops: Sequence[int] | None = None) -> np.ndarray:
         """A partition of the tokens: each token's label is the first node of ``tops`` on its path to the root,
-        itself included, or its root when there is none (with ``tops=None``: one subtree per root)."""
+        itself included, or its root when there is none (with ``tops=None``: one subtree per root). Which nodes head
+        the parts (the root's children, the K largest subtrees) is the caller's choice, and ours."""
         stop = np.zeros(len(self.parent), bool)
         stop[self.roots] = True
         if tops is not None:
@@ -453,7 +458,9 @@ def _owns_every_part(part_map: np.ndarray, patch: int) -> bool:
 
 
 def _background(rng: np.random.Generator, size: int, variant: str) -> np.ndarray:
-    if variant == "hard_bg":  # unfiltered texture as bright as the objects: intensity alone no longer separates them
+    # our choice of textures: smooth noise up to 0.3 (easy, hard); hard_bg (for saliency) an unfiltered texture up to
+    # 1.0, as bright as the objects, so that intensity alone no longer separates foreground from background
+    if variant == "hard_bg":
         return rng.random((size, size)) * rng.uniform(0, 1.0)
     noise = np.pad(rng.random((size, size)), 2, mode="reflect")
     smooth = sum(noise[i:i + size, j:j + size] for i in range(5) for j in range(5)) / 25  # 5×5 box blur
@@ -480,7 +487,7 @@ def _scene(rng: np.random.Generator, size: int, objects: list[tuple[int, tuple[f
         owner[drawn > 0] = obj
     image = _background(rng, size, variant)
     for obj in range(1, len(objects) + 1):
-        # easy: each part its own intensity; hard: one intensity per object, so only geometry separates the parts
+        # easy: each part its own intensity; hard and hard_bg: one per object, so only geometry separates the parts
         shades = rng.uniform(0.5, 1.0, 3) if variant == "easy" else np.full(3, rng.uniform(0.5, 1.0))
         for slot in (1, 2, 3):
             image[(owner == obj) & (parts == slot)] = shades[slot - 1]
