@@ -96,6 +96,33 @@ def test_series_side_by_side_in_order_and_seeds_beside_the_committed_outputs(tin
         in report.stdout
 
 
+def with_cell(path, source):
+    nb = json.loads(path.read_text())
+    nb["cells"].insert(1, {"cell_type": "code", "metadata": {}, "source": source, "outputs": [],
+                           "execution_count": None})
+    path.write_text(json.dumps(nb))
+
+
+def test_on_the_cluster_a_failure_is_reported_and_a_refusal_stops_the_run(tiny_root, tmp_path):
+    broken = tiny_root / "notebooks/00_first/01_a.ipynb"
+    with_cell(broken, "raise RuntimeError('boom')")
+    before = broken.read_text()
+    out = prunebook("run", "--profile", "smoke", "--workers", "2", "--inplace", root=tiny_root,
+                    cache_dir=tmp_path / "cache")
+    assert out.returncode == 1
+    assert "00_first/01_a.ipynb: FAILED" in out.stdout and "RuntimeError: boom" in out.stdout
+    assert "2 of 3 notebooks ran at smoke" in out.stdout and "failed: 00_first/01_a.ipynb" in out.stdout
+    assert broken.read_text() == before  # never replaced by a failed run
+    for ran in ("00_first/02_b.ipynb", "01_second/01_c.ipynb"):  # the others were run in place
+        assert json.loads((tiny_root / "notebooks" / ran).read_text())["metadata"].get("papermill")
+
+    with_cell(tiny_root / "notebooks/01_second/01_c.ipynb",
+              "class ConfigError(ValueError): pass\nraise ConfigError('seed=-1 must be a non-negative integer')")
+    out = prunebook("run", "--profile", "smoke", "--workers", "2", root=tiny_root, cache_dir=tmp_path / "cache")
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == \
+        "prunebook: error: 01_c.ipynb: seed=-1 must be a non-negative integer"
+
+
 def test_report_seeds_counts_the_seeds_a_claim_held_on(tmp_path):
     root = tmp_path / "repo"
     (root / "notebooks/00_demo").mkdir(parents=True)

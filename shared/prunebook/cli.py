@@ -276,8 +276,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("no series yet: nothing to run")
         return 0
     chains = plan_run(args, root)
-    scheduler = args.scheduler or os.environ.get("PRUNEBOOK_SCHEDULER")
-    workers = args.workers
+    workers = args.workers  # an explicit --workers means a local cluster, whatever $PRUNEBOOK_SCHEDULER says
+    scheduler = args.scheduler or (os.environ.get("PRUNEBOOK_SCHEDULER") if workers is None else None)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers {workers}: give at least 1")
     if scheduler is None and workers is None:  # as many as the cores allow, and no more than there are chains
@@ -517,10 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a notebook parameter, e.g. -p seed=1 (repeatable)")
     run.add_argument("--only", action="append", default=[], metavar="PATTERN",
                      help="run only notebooks whose name contains PATTERN (repeatable)")
-    run.add_argument("--workers", type=int, default=None, metavar="N",
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N",
                      help="run on a local Dask cluster of N worker processes (default: as many as the cores, or one "
                           "per GPU); 1 runs everything here, one notebook after another")
-    run.add_argument("--scheduler", default=None, metavar="ADDRESS",
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="run on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (default: $PRUNEBOOK_SCHEDULER)")
     run.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                      help="run once per seed (-p seed=S); seed 0 writes the usual outputs, the others under "
