@@ -123,6 +123,31 @@ def test_on_the_cluster_a_failure_is_reported_and_a_refusal_stops_the_run(tiny_r
         "prunebook: error: 01_c.ipynb: seed=-1 must be a non-negative integer"
 
 
+def test_a_notebook_maps_over_the_cluster_even_with_one_worker(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    series = root / "notebooks" / "00_grid"
+    series.mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    (series / "grid.py").write_text(
+        "def where(i):\n    import distributed\n    return i, distributed.get_worker().name\n")
+    cells = [("code", {"tags": ["parameters"]}, "profile = None"),
+             ("code", {}, "import json, grid\nfrom prunebook import parallel\n"
+                          "json.dump(parallel.map(grid.where, range(5)), open('out.json', 'w'))")]
+    nb = {"cells": [{"cell_type": k, "metadata": m, "source": src, "outputs": [], "execution_count": None}
+                    for k, m, src in cells],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (series / "01_grid.ipynb").write_text(json.dumps(nb))
+    monkeypatch.setenv("PRUNEBOOK_CACHE", str(tmp_path / "cache"))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  resources={"notebook": 1}) as cluster:
+        out = prunebook("run", "--profile", "smoke", "--scheduler", cluster.scheduler_address, root=root,
+                        cache_dir=tmp_path / "cache")
+    assert out.returncode == 0, out.stdout + out.stderr
+    # the notebook's task gave its one worker thread to the map's five tasks: no deadlock, same order
+    assert json.loads((series / "out.json").read_text()) == [[i, 0] for i in range(5)]
+
+
 def test_report_seeds_counts_the_seeds_a_claim_held_on(tmp_path):
     root = tmp_path / "repo"
     (root / "notebooks/00_demo").mkdir(parents=True)

@@ -226,10 +226,21 @@ def notebook_task(job: dict[str, Any], prev: dict[str, Any] | None = None) -> di
         parallel.pin_gpu()
     nb, out, root = Path(job["nb"]), Path(job["out"]), Path(job["root"])
     t0 = time.time()
+    if job.get("scheduler"):
+        # The task holds its notebook slot but gives up its thread while the kernel runs, so the kernel's
+        # parallel.map can use the cluster, this worker included.
+        import distributed
+
+        os.environ["PRUNEBOOK_MAP_SCHEDULER"] = job["scheduler"]
+        distributed.secede()
     try:
         error = run_notebook(nb, out, job["params"], job["profile"])
     except UsageError as exc:
         return {**job, "refused": str(exc)}
+    finally:
+        if job.get("scheduler"):
+            os.environ.pop("PRUNEBOOK_MAP_SCHEDULER", None)
+            distributed.rejoin()
     took = time.time() - t0
     written = None
     if not error:
@@ -331,14 +342,15 @@ def _run_with(cluster: Any, chains: list[list[dict[str, Any]]], root: Path) -> l
 
     with cluster as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-        # a worker that declares a GPU gives it to one notebook at a time
-        resources = {"GPU": 1} if parallel.has_gpu_workers(client) else None
+        # a worker that declares a GPU (or a notebook slot) gives it to one notebook at a time
+        resources = parallel.notebook_resources(client)
+        address = client.scheduler.address if resources else None
         futures, n = [], sum(map(len, chains))
         for chain in chains:
             prev = None
             for job in chain:
-                prev = client.submit(notebook_task, job, prev, pure=False, resources=resources,
-                                     key=f"{job['rel']}{_seed_note(job)}-{os.urandom(4).hex()}")
+                prev = client.submit(notebook_task, {**job, "scheduler": address}, prev, pure=False,
+                                     resources=resources, key=f"{job['rel']}{_seed_note(job)}-{os.urandom(4).hex()}")
                 futures.append(prev)
         results = []
         for future in as_completed(futures):

@@ -2,7 +2,8 @@
 
     results = prunebook.parallel.map(train_one, configs)
 
-On a Dask cluster (the code runs in a Dask worker task, or a ``distributed.Client`` is open in this process)
+On a Dask cluster (the code runs in a Dask worker task, a ``distributed.Client`` is open in this process, or
+this is a notebook that ``prunebook run`` started on a cluster, which names it in ``$PRUNEBOOK_MAP_SCHEDULER``)
 the items become tasks on the cluster; otherwise they run here, one after another. Either way the results come
 back in the order of ``items`` and the first exception is raised.
 """
@@ -22,9 +23,9 @@ from typing import Any
 
 
 def _where() -> str | None:
-    """``"worker"`` inside a Dask worker task, ``"client"`` with a client open here, else None."""
-    if "distributed" not in sys.modules:  # nothing imported it: there is no cluster to use
-        return None
+    """``"worker"`` inside a Dask worker task, ``"client"`` with a client open here (or one to open), else None."""
+    if "distributed" not in sys.modules and not os.environ.get("PRUNEBOOK_MAP_SCHEDULER"):
+        return None  # nothing imported distributed and no cluster was named: there is none to use
     import distributed
 
     try:
@@ -36,7 +37,12 @@ def _where() -> str | None:
         distributed.default_client()
         return "client"
     except ValueError:
-        return None
+        pass
+    if os.environ.get("PRUNEBOOK_MAP_SCHEDULER"):
+        # a notebook kernel of a run on a cluster: its task gave up its worker thread while the kernel runs
+        distributed.Client(os.environ["PRUNEBOOK_MAP_SCHEDULER"], set_as_default=True)
+        return "client"
+    return None
 
 
 def map(fn: Callable[[Any], Any], items: Iterable[Any], **submit: Any) -> list[Any]:
@@ -54,7 +60,21 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], **submit: Any) -> list[A
         with distributed.worker_client() as client:
             return client.gather(client.map(fn, items, pure=False, **submit))
     client = distributed.default_client()
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is not None and Path(getattr(module, "__file__", None) or "/").resolve().parent == Path.cwd().resolve():
+        # a series module (``import ap`` beside the notebook) is not importable on the workers: ship its code
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+        blob = cloudpickle.dumps(fn)
+        return client.gather(client.map(_call, [blob] * len(items), items, pure=False, **submit))
     return client.gather(client.map(fn, items, pure=False, **submit))
+
+
+def _call(blob: bytes, item: Any) -> Any:
+    import cloudpickle
+
+    return cloudpickle.loads(blob)(item)
 
 
 
@@ -78,7 +98,9 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
     n = workers or len(gpus) or 1
     # one thread per worker: the notebooks' kernels and torch inherit it, so N workers use N cores
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    resources = {"GPU": 1} if gpus else None
+    # a notebook holds its worker's "notebook" (or GPU) while it runs, so its task can give up the thread to
+    # the tasks of its parallel.map without a second notebook starting there
+    resources = {"notebook": 1, **({"GPU": 1} if gpus else {})}
     if gpus:
         env["PRUNEBOOK_GPUS"] = ",".join(gpus)
     with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
@@ -113,6 +135,18 @@ def pin_gpu() -> None:
 
 def has_gpu_workers(client: Any) -> bool:
     return any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())
+
+
+def notebook_resources(client: Any) -> dict[str, int] | None:
+    """What a notebook task asks for: a GPU where workers declare GPUs, else a "notebook" slot where every
+    worker declares one (LocalClusters of prunebook run do), else nothing (then its notebook's parallel.map
+    runs in the notebook)."""
+    if has_gpu_workers(client):
+        return {"GPU": 1}
+    workers = client.scheduler_info()["workers"].values()
+    if workers and all(w.get("resources", {}).get("notebook") for w in workers):
+        return {"notebook": 1}
+    return None
 
 
 def _write_probe(token: str) -> str:
