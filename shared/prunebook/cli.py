@@ -81,9 +81,16 @@ def pick_series(root: Path, names: list[str]) -> dict[str, list[Path]]:
 
 
 def read_results(root: Path, profile: str | None = None) -> list[dict[str, Any]]:
+    """The committed results (``notebooks/<series>/results/<profile>/``), of one profile or all."""
+    return _read_json(root, sorted((root / "notebooks").glob("*/results/*/*.json")), profile,
+                      lambda path: path.parent.name)
+
+
+def _read_json(root: Path, paths: list[Path], profile: str | None, profile_of) -> list[dict[str, Any]]:
+    """Each results file of ``profile`` (all if None), parsed; an unreadable one is skipped with a warning."""
     results = []
-    for path in sorted((root / "notebooks").glob("*/results/*/*.json")):
-        if profile and path.parent.name != profile:
+    for path in paths:
+        if profile and profile_of(path) != profile:
             continue
         try:
             results.append(json.loads(path.read_text()))
@@ -450,15 +457,8 @@ def report_markdown(results: list[dict[str, Any]]) -> str:
 
 def read_seed_results(root: Path, profile: str | None = None) -> list[dict[str, Any]]:
     """The results of the runs for seeds other than 0 (``runs/<profile>/seed-S/<series>/results/``)."""
-    results = []
-    for path in sorted((root / "runs").glob("*/seed-*/*/results/*.json")):
-        if profile and path.parts[-5] != profile:
-            continue
-        try:
-            results.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"warning: skipping unreadable {path.relative_to(root)} ({exc})", file=sys.stderr)
-    return results
+    return _read_json(root, sorted((root / "runs").glob("*/seed-*/*/results/*.json")), profile,
+                      lambda path: path.parts[-5])
 
 
 def seed_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

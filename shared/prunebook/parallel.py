@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import subprocess
@@ -103,8 +104,10 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
     resources = {"notebook": 1, **({"GPU": 1} if gpus else {})}
     if gpus:
         env["PRUNEBOOK_GPUS"] = ",".join(gpus)
+    # silence_logs=ERROR: Dask's warnings (an event loop slow on a busy machine) would bury the run's own lines
     with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
-                                  resources=resources, dashboard_address=":0") as local:
+                                  resources=resources, dashboard_address=":0",
+                                  silence_logs=logging.ERROR) as local:
         with distributed.Client(local) as client:
             yield client
 
