@@ -131,9 +131,12 @@ def test_a_notebook_maps_over_the_cluster_even_with_one_worker(tmp_path, monkeyp
     (root / "pyproject.toml").write_text("")
     (series / "grid.py").write_text(
         "def where(i):\n    import distributed\n    return i, distributed.get_worker().name\n")
+    # a function of the series module, and one defined in the notebook that uses that module
     cells = [("code", {"tags": ["parameters"]}, "profile = None"),
              ("code", {}, "import json, grid\nfrom prunebook import parallel\n"
-                          "json.dump(parallel.map(grid.where, range(5)), open('out.json', 'w'))")]
+                          "def where_here(i):\n    return grid.where(i)\n"
+                          "json.dump([parallel.map(grid.where, range(5)), parallel.map(where_here, range(5), "
+                          "desc='cells')], open('out.json', 'w'))")]
     nb = {"cells": [{"cell_type": k, "metadata": m, "source": src, "outputs": [], "execution_count": None}
                     for k, m, src in cells],
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
@@ -146,7 +149,7 @@ def test_a_notebook_maps_over_the_cluster_even_with_one_worker(tmp_path, monkeyp
                         cache_dir=tmp_path / "cache")
     assert out.returncode == 0, out.stdout + out.stderr
     # the notebook's task gave its one worker thread to the map's five tasks: no deadlock, same order
-    assert json.loads((series / "out.json").read_text()) == [[i, 0] for i in range(5)]
+    assert json.loads((series / "out.json").read_text()) == [[[i, 0] for i in range(5)]] * 2
 
 
 def test_report_seeds_counts_the_seeds_a_claim_held_on(tmp_path):

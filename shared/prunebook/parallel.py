@@ -1,11 +1,13 @@
 """One parallel map for the grids of a notebook (one cached training per item).
 
-    results = prunebook.parallel.map(train_one, configs)
+    results = prunebook.parallel.map(train_one, configs, desc="trainings")
 
 On a Dask cluster (the code runs in a Dask worker task, a ``distributed.Client`` is open in this process, or
 this is a notebook that ``prunebook run`` started on a cluster, which names it in ``$PRUNEBOOK_MAP_SCHEDULER``)
 the items become tasks on the cluster; otherwise they run here, one after another. Either way the results come
-back in the order of ``items`` and the first exception is raised.
+back in the order of ``items``, the first exception is raised, and ``desc`` names a progress bar that advances
+as each item finishes. ``fn`` may be defined in the notebook and use the series module beside it (``import gk``):
+the workers import that module from the notebook's folder, which they see at the same path.
 """
 
 from __future__ import annotations
@@ -46,37 +48,59 @@ def _where() -> str | None:
     return None
 
 
-def map(fn: Callable[[Any], Any], items: Iterable[Any], **submit: Any) -> list[Any]:
-    """``[fn(x) for x in items]``, as cluster tasks when there is a cluster. ``submit`` goes to ``Client.map``
-    (e.g. ``resources={"GPU": 1}``) and is ignored in-process."""
+def map(fn: Callable[[Any], Any], items: Iterable[Any], *, desc: str | None = None, **submit: Any) -> list[Any]:
+    """``[fn(x) for x in items]``, as cluster tasks when there is a cluster. ``desc``: the progress bar's label
+    (no bar without it). ``submit`` goes to ``Client.map`` (e.g. ``resources={"GPU": 1}``) and is ignored
+    in-process."""
     items = list(items)
     where = _where()
     if where is None:
-        return [fn(x) for x in items]
+        return [fn(x) for x in _bar(items, desc)]
     import distributed
 
     if where == "worker":
         # worker_client secedes this task from the worker's thread pool while it waits, so the tasks it
         # submits can run in its slot: no deadlock with fewer workers than tasks.
         with distributed.worker_client() as client:
-            return client.gather(client.map(fn, items, pure=False, **submit))
+            return _gather(client, client.map(fn, items, pure=False, **submit), desc)
     client = distributed.default_client()
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    if module is not None and Path(getattr(module, "__file__", None) or "/").resolve().parent == Path.cwd().resolve():
-        # a series module (``import ap`` beside the notebook) is not importable on the workers: ship its code
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
-        blob = cloudpickle.dumps(fn)
-        return client.gather(client.map(_call, [blob] * len(items), items, pure=False, **submit))
-    return client.gather(client.map(fn, items, pure=False, **submit))
-
-
-def _call(blob: bytes, item: Any) -> Any:
     import cloudpickle
 
-    return cloudpickle.loads(blob)(item)
+    # sent once, unpickled on the worker only after the notebook's folder is on its path: a function defined in
+    # the notebook refers to the series module by name (``grokking``), which the worker imports from there
+    blob = client.scatter(cloudpickle.dumps(fn))
+    n = len(items)
+    return _gather(client, client.map(_call, [blob] * n, items, [str(Path.cwd().resolve())] * n, pure=False,
+                                      **submit), desc)
 
+
+def _bar(items: list[Any], desc: str | None) -> Any:
+    if desc is None:
+        return items
+    from .display import progress
+
+    return progress(items, desc=desc)
+
+
+def _gather(client: Any, futures: list[Any], desc: str | None) -> list[Any]:
+    if desc is not None:
+        import distributed
+
+        from .display import progress
+
+        with progress(total=len(futures), desc=desc) as bar:
+            for _ in distributed.as_completed(futures):
+                bar.update(1)
+    return client.gather(futures)
+
+
+def _call(blob: bytes, item: Any, folder: str) -> Any:
+    import cloudpickle
+
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    pin_gpu()  # a worker of a LocalCluster with GPUs trains on its own GPU, as its notebooks do
+    return cloudpickle.loads(blob)(item)
 
 
 # ---------------------------------------------------------------- the cluster a run uses
