@@ -104,3 +104,15 @@ def test_a_refused_value_is_refused_once(demo_root):
     assert out.returncode == 2
     assert "seed=-1 must be a non-negative integer" in out.stderr
     assert "[2/2]" not in out.stdout          # the second notebook never started
+
+
+def test_default_workers_one_per_gpu_else_by_cores(monkeypatch):
+    import os
+
+    from prunebook import cli
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
+    assert cli.default_workers(1) == 3 and cli.default_workers(9) == 3  # one per GPU, however many chains
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CUDA hides every GPU: by the cores, at most one per chain
+    assert cli.default_workers(2) == 2 and cli.default_workers(9) == 4

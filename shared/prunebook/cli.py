@@ -298,9 +298,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     scheduler = args.scheduler or (os.environ.get("PRUNEBOOK_SCHEDULER") if workers is None else None)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers {workers}: give at least 1")
-    if scheduler is None and workers is None:  # as many as the cores allow, and no more than there are chains
-        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                      len(chains))
+    if scheduler is None and workers is None:
+        workers = default_workers(len(chains))
     if scheduler is None and workers == 1:
         results = _run_here(chains, root)
     else:
@@ -311,6 +310,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failures:
         print("failed: " + ", ".join(failures))
     return 1 if failures else 0
+
+
+def default_workers(chains: int) -> int:
+    """Without ``--workers``: one worker per visible GPU (the notebooks' grids spread over the GPUs that no notebook
+    holds), else as many as the cores allow and no more than there are chains of notebooks to run."""
+    from . import parallel
+
+    gpus = parallel.visible_gpus()
+    if gpus:
+        return len(gpus)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, chains))
 
 
 def _seed_note(job: dict[str, Any]) -> str:
@@ -531,8 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run only notebooks whose name contains PATTERN (repeatable)")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=None, metavar="N",
-                     help="run on a local Dask cluster of N worker processes (default: as many as the cores, or one "
-                          "per GPU); 1 runs everything here, one notebook after another")
+                     help="run on a local Dask cluster of N worker processes (default: one per visible GPU; without "
+                          "GPUs, as many as the cores, at most one per series and seed); 1 runs everything here, one "
+                          "notebook after another")
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="run on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (default: $PRUNEBOOK_SCHEDULER)")
     run.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
