@@ -121,8 +121,9 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
         return
     gpus = visible_gpus()
     n = workers or len(gpus) or 1
-    # one thread per worker: the notebooks' kernels and torch inherit it, so N workers use N cores
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    # one thread per worker: the notebooks' kernels and torch inherit it, so N workers use N cores; no person
+    # watches a worker, so the trainings of a grid there print plain progress lines, as headless notebooks do
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PRUNEBOOK_HEADLESS": "1"}
     # a notebook holds its worker's "notebook" (or GPU) while it runs, so its task can give up the thread to
     # the tasks of its parallel.map without a second notebook starting there
     resources = {"notebook": 1, **({"GPU": 1} if gpus else {})}
