@@ -160,8 +160,83 @@ def test_token_pruning_keeps_the_highest_m_and_equals_the_model_on_those_tokens(
 
 
 def test_pruning_needs_the_reversed_model():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reversed"):
         D.build("vit", prune_at=(1,), keep=(0.5,), **SMALL)
+    with pytest.raises(ValueError, match="criterion"):
+        D.build("dependencyvit", prune_at=(1,), keep=(0.5,), criterion="smallest", **SMALL)
+
+
+def test_pruning_criteria_keep_the_tokens_they_name():
+    torch.manual_seed(0)
+    images = torch.rand(3, 1, 32, 32)
+    base = D.build("dependencyvit", "partshapes", patch=8, **SMALL).eval()
+    with torch.no_grad():
+        full = base.trace(images)
+        for criterion, score in [("m", full.ms[1]), ("inverse_m", -full.ms[1]), ("received", full.masks[1].sum(-1))]:
+            model = copy.deepcopy(base)
+            model.keep_counts, model.criterion = {1: 5}, criterion
+            assert torch.equal(model.trace(images).kept[1], D.keep_tokens(score, 5))
+        vit = D.build("vit", "partshapes", patch=8, prune_at=(1,), keep=(0.25,), criterion="received", **SMALL).eval()
+        tr = vit.trace(images, need_masks=False)
+        assert tr.kept[1].shape == (3, 4) and tr.masks[1] is not None and tr.masks[0] is None
+        rnd = D.build("vit", "partshapes", patch=8, prune_at=(1,), keep=(0.25,), criterion="random", **SMALL).eval()
+        torch.manual_seed(1)
+        a = rnd.trace(images).kept[1]
+        torch.manual_seed(1)
+        assert torch.equal(a, rnd.trace(images).kept[1])
+        assert not torch.equal(a, rnd.trace(images).kept[1])  # a fresh draw each pass
+
+
+def test_ablations_remove_the_selector_the_controller_or_later_reversed_blocks():
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 32, 32)
+    no_ctrl = D.build("dependencyvit", "partshapes", patch=8, controller=False, **SMALL).eval()
+    uniform = D.build("dependencyvit", "partshapes", patch=8, selector=False, **SMALL).eval()
+    first = D.build("dependencyvit", "partshapes", patch=8, reversed_layers=1, **SMALL).eval()
+    full = D.build("dependencyvit", "partshapes", patch=8, **SMALL)
+    c, h, depth = SMALL["dim"], SMALL["heads"], SMALL["depth"]
+    n_full = sum(p.numel() for p in full.parameters())
+    assert n_full - sum(p.numel() for p in no_ctrl.parameters()) == depth * (c * (c // 2) + c // 2 + c // 2 + 1)
+    assert n_full - sum(p.numel() for p in uniform.parameters()) == depth * c * h
+    assert [b.reversed for b in first.blocks] == [True, False, False]
+    with torch.no_grad():
+        assert torch.equal(no_ctrl.trace(images).ms[-1], torch.ones(2, 16))
+        p, _ = uniform.blocks[0].attn.gates(torch.rand(2, 16, c), torch.ones(2, 16))
+        assert torch.allclose(p, torch.full((2, h, 16), 1 / h))
+        tr = first.trace(images)
+        assert torch.equal(tr.ms[1], tr.ms[0]) and torch.equal(tr.ms[2], tr.ms[0])  # plain blocks pass M on
+    with pytest.raises(ValueError, match="reversed_layers"):
+        D.build("dependencyvit", reversed_layers=7, **SMALL)
+
+
+# ---------------------------------------------------------------- tree readings and scores
+
+
+def test_part_labels_heads_are_the_most_received_tokens():
+    mask, _ = hand_mask()
+    tree, labels = D.part_labels(mask, k=2)
+    received = np.asarray(mask).sum(1)
+    heads = set(np.argsort(-received, kind="stable")[:2].tolist())
+    assert set(labels.tolist()) <= heads | set(tree.roots.tolist())
+    assert all(labels[h] == h for h in heads)
+
+
+def test_random_tree_mask_and_agreement():
+    rng = np.random.default_rng(0)
+    mask = D.random_tree_mask(10, rng)
+    assert mask.shape == (10, 10) and np.all(mask.sum(0) == 1)
+    truth = np.array([1, 1, 2, 2, 3, 3, 0, 0, 0, 0])
+    fg = truth > 0
+    renamed = np.array([7, 7, 5, 5, 9, 9, 1, 2, 3, 4])
+    assert D.agreement(renamed, truth, fg) == (1.0, 1.0)  # labels' names do not matter; background is ignored
+    null = D.permutation_ari(renamed, truth, fg, rng, n=50)
+    assert null.shape == (50,) and null.max() <= 1.0 and null.mean() < 0.5
+
+
+def test_auroc_and_centre_prior():
+    assert D.auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    prior = D.centre_prior(4).reshape(4, 4)
+    assert prior[1, 1] == prior[2, 2] == prior.max() and prior[0, 0] == prior.min()
 
 
 # ---------------------------------------------------------------- PartShapes
@@ -244,3 +319,29 @@ def test_macs_of_both_models():
     example = torch.zeros(1, 1, 32, 32)
     assert D.macs(D.build("vit", "partshapes", **SMALL), example) == plain
     assert D.macs(D.build("dependencyvit", "partshapes", **SMALL), example) == plain + 3 * controls
+
+
+def test_adjusted_rand_rows_equals_scikit_learn():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(3, size=30)
+    rows = np.stack([rng.integers(k, size=30) for k in (1, 2, 3, 5, 8)] + [truth, np.zeros(30, int)])
+    got = D.adjusted_rand_rows(rows, truth)
+    assert np.allclose(got, [adjusted_rand_score(truth, r) for r in rows])
+    single = np.zeros(4, int)
+    assert D.adjusted_rand_rows(single[None], single)[0] == adjusted_rand_score(single, single) == 1.0
+
+
+def test_agreement_equals_scikit_learn():
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        n = int(rng.integers(2, 40))
+        truth, pred = rng.integers(int(rng.integers(1, 4)), size=n), rng.integers(int(rng.integers(1, 6)), size=n)
+        keep = rng.random(n) < 0.8
+        keep[:2] = True
+        ari, nmi = D.agreement(pred, truth, keep)
+        assert np.isclose(ari, adjusted_rand_score(truth[keep], pred[keep]))
+        assert np.isclose(nmi, normalized_mutual_info_score(truth[keep], pred[keep]))

@@ -25,6 +25,7 @@ us is marked "our choice".
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from prunebook import data, prune
+from prunebook import cache, data, prune, train
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 NAMESPACE = "05_dependencyvit"
@@ -117,19 +119,28 @@ class ReversedAttention(Attention):
       our choice, and so are the biases: the last one starts at +2.2 so that m ≈ 0.9 at initialisation and the
       product over layers does not start near zero. M_l = M_{l-1} ⊙ m_l, with M_0 = 1.
     - P and m are computed from the block's normalised input x, like q, k, v (our choice).
+
+    Ablations: ``selector=False`` sends through every head alike (P = 1/H); ``controller=False`` keeps M ≡ 1.
     """
 
-    def __init__(self, dim: int, heads: int, tau: float = 0.1, controller_bias: float = 2.2):
+    def __init__(self, dim: int, heads: int, tau: float = 0.1, controller_bias: float = 2.2, selector: bool = True,
+                 controller: bool = True):
         super().__init__(dim, heads)
         self.tau = tau
-        self.selector = nn.Linear(dim, heads, bias=False)
-        self.controller = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, 1))
-        nn.init.constant_(self.controller[-1].bias, controller_bias)
+        self.selector = nn.Linear(dim, heads, bias=False) if selector else None
+        self.controller = None
+        if controller:
+            self.controller = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, 1))
+            nn.init.constant_(self.controller[-1].bias, controller_bias)
 
     def gates(self, x: torch.Tensor, m_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """P (B×H×N, sums to 1 over heads) and the cumulative M (B×N)."""
-        p = torch.softmax(self.selector(x).float() / self.tau, dim=-1).to(x.dtype).transpose(1, 2)
-        m = m_prev * torch.sigmoid(self.controller(x)).squeeze(-1)
+        b, n, _ = x.shape
+        if self.selector is None:
+            p = x.new_full((b, self.heads, n), 1 / self.heads)
+        else:
+            p = torch.softmax(self.selector(x).float() / self.tau, dim=-1).to(x.dtype).transpose(1, 2)
+        m = m_prev if self.controller is None else m_prev * torch.sigmoid(self.controller(x)).squeeze(-1)
         return p, m
 
     def forward(self, x: torch.Tensor, m_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,11 +158,12 @@ class Block(nn.Module):
     MLP. That position is our choice, the unofficial re-implementation's; the paper's was not read."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, reversed: bool = False, tau: float = 0.1,
-                 layer_scale: float = 1e-4):
+                 layer_scale: float = 1e-4, selector: bool = True, controller: bool = True):
         super().__init__()
         self.reversed = reversed
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = ReversedAttention(dim, heads, tau) if reversed else Attention(dim, heads)
+        self.attn = (ReversedAttention(dim, heads, tau, selector=selector, controller=controller) if reversed
+                     else Attention(dim, heads))
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         # LayerScale: 1e-4 rather than the re-implementation's 1e-6, which learns slowly in a few epochs (our choice)
@@ -175,10 +187,28 @@ class Block(nn.Module):
         return self.feed(x), m
 
 
-def keep_tokens(m: torch.Tensor, n_keep: int) -> torch.Tensor:
-    """Indices (B×n_keep) of the ``n_keep`` tokens with the largest cumulative M: the ones still sending. The
-    indices come back in their original order (our choice; attention does not care about order)."""
-    return m.detach().topk(n_keep, dim=1).indices.sort(dim=1).values
+def keep_tokens(score: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Indices (B×n_keep) of the ``n_keep`` tokens with the largest ``score`` (B×N; DependencyViT-Lite's is the
+    cumulative M: the tokens still sending). The indices come back in their original order (our choice; attention
+    does not care about order)."""
+    return score.detach().topk(n_keep, dim=1).indices.sort(dim=1).values
+
+
+# What decides which tokens a pruning layer keeps (the highest scores). "m": the cumulative message controller
+# (DependencyViT-Lite); "inverse_m": the lowest M (a sanity check that the criterion matters); "received": the mass
+# a token receives in that layer's mask (row sums: a leaf receives little), for the plain ViT its received
+# attention (an EViT-like baseline); "random": a fresh uniform draw per image and layer.
+CRITERIA = ("m", "inverse_m", "received", "random")
+
+
+def prune_score(criterion: str, m: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if criterion == "m":
+        return m
+    if criterion == "inverse_m":
+        return -m
+    if criterion == "received":
+        return mask.sum(-1)
+    return torch.rand(m.shape, device=m.device)
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -216,29 +246,41 @@ class ViT(nn.Module):
     not read) and each token is weighted by its final cumulative M after the final norm and before the pooling (our
     choice, the unofficial order). The pooling averages over the tokens still present (our choice).
 
-    Lite: ``prune_at`` are block indices (0-based) after whose attention the lowest-M tokens are dropped (the
-    criterion of the unofficial re-implementation; the paper's words are "leaf nodes which rarely send messages"),
-    and ``keep`` the fraction of the *original* tokens left after each, rounded to the nearest count (our choice)."""
+    Lite: ``prune_at`` are block indices (0-based) after whose attention tokens are dropped, and ``keep`` the
+    fraction of the *original* tokens left after each, rounded to the nearest count (our choice). ``criterion`` (one
+    of :data:`CRITERIA`) decides which: ``"m"`` drops the lowest-M tokens (the criterion of the unofficial
+    re-implementation; the paper's words are "leaf nodes which rarely send messages").
+
+    Ablations: ``reversed_layers`` reverses only the first k blocks (the rest are plain and pass M on unchanged);
+    ``selector=False`` and ``controller=False`` remove the head selector or the message controller."""
 
     def __init__(self, image_size: int = 28, patch: int = 4, in_channels: int = 1, num_classes: int = 10,
                  dim: int = 96, depth: int = 6, heads: int = 6, mlp_ratio: float = 2.0, reversed: bool = False,
                  tau: float = 0.1, layer_scale: float = 1e-4, prune_at: Sequence[int] = (),
-                 keep: Sequence[float] = ()):
+                 keep: Sequence[float] = (), criterion: str = "m", reversed_layers: int | None = None,
+                 selector: bool = True, controller: bool = True):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size={image_size} is not a multiple of patch={patch}")
         if len(prune_at) != len(keep):
             raise ValueError(f"prune_at={prune_at} and keep={keep} need one ratio per pruning layer")
-        if prune_at and not reversed:
-            raise ValueError("token pruning by M needs the reversed blocks (reversed=True)")
-        self.reversed, self.patch = reversed, patch
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion={criterion!r}; choose one of {CRITERIA}")
+        if prune_at and not reversed and criterion in ("m", "inverse_m"):
+            raise ValueError(f"token pruning by criterion={criterion!r} needs the reversed blocks (reversed=True); "
+                             "a plain ViT can prune by 'received' or 'random'")
+        n_reversed = (depth if reversed_layers is None else reversed_layers) if reversed else 0
+        if not 0 <= n_reversed <= depth:
+            raise ValueError(f"reversed_layers={reversed_layers}: between 0 and depth={depth}")
+        self.reversed, self.patch, self.criterion = reversed, patch, criterion
         self.n_tokens = (image_size // patch) ** 2
         self.keep_counts = {int(layer): max(1, round(self.n_tokens * r)) for layer, r in zip(prune_at, keep)}
         if any(not 0 <= layer < depth for layer in self.keep_counts):
             raise ValueError(f"prune_at={prune_at}: blocks are 0 to {depth - 1}")
         self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.pos = nn.Parameter(torch.randn(1, self.n_tokens, dim) * 0.02)
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, reversed, tau, layer_scale) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, i < n_reversed, tau, layer_scale, selector, controller)
+                                    for i in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -258,12 +300,13 @@ class ViT(nn.Module):
         pos = torch.arange(n, device=x.device).expand(b, n)
         masks, ms, positions, kept = [], [], [], {}
         for i, blk in enumerate(self.blocks):
-            x, m, mask = blk.attend(x, m, need_masks)
+            prunes = i in self.keep_counts
+            x, m, mask = blk.attend(x, m, need_masks or (prunes and self.criterion == "received"))
             masks.append(mask)
             ms.append(m)
             positions.append(pos)
-            if i in self.keep_counts:
-                kept[i] = keep_tokens(m, self.keep_counts[i])
+            if prunes:
+                kept[i] = keep_tokens(prune_score(self.criterion, m, mask), self.keep_counts[i])
                 x, m, pos = (gather_tokens(t, kept[i]) for t in (x, m, pos))
             x = blk.feed(x)
         return Trace(self.classify(x, m), masks, ms, positions, kept)
@@ -286,6 +329,28 @@ def build(kind: str = "dependencyvit", dataset: str = "fashion_mnist", **kwargs)
         raise ValueError(f"dataset={dataset!r}; choose one of {sorted(DATASETS)}")
     size, channels, classes = DATASETS[dataset]
     return ViT(size, in_channels=channels, num_classes=classes, reversed=kind == "dependencyvit", **kwargs)
+
+
+def train_run(make, train_set: data.ImageSet, test_set: data.ImageSet, recipe: dict, key: dict, seed: int,
+              device: str = "cpu", desc: str = "train") -> dict:
+    """One cached training of ``make()`` (the cache key ``key`` must hold everything the result depends on): the
+    test accuracy and loss, the history, the training speed and the trained state. ``torch.manual_seed(seed)`` just
+    before ``make()``, so the models of one seed start from the same random state; an interrupted training resumes
+    from its last finished epoch."""
+
+    def compute() -> dict:
+        torch.manual_seed(seed)
+        model = make()
+        history = train.fit(model, train_set, **recipe, device=device, seed=seed, desc=desc, progress_bar=False,
+                            checkpoint=cache.path_for(f"{NAMESPACE}/ckpt", key))
+        result = train.evaluate(model, test_set, device=device)
+        model.to("cpu")
+        seconds = sum(e["seconds"] for e in history)
+        return {"acc": result["acc"], "loss": result["loss"], "history": history, "train_seconds": seconds,
+                "train_images_per_s": recipe["epochs"] * len(train_set) / seconds,
+                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+    return cache.cached(f"{NAMESPACE}/run", key, compute)
 
 
 def macs(model: ViT, example: torch.Tensor) -> int:
@@ -376,6 +441,126 @@ def extract_tree(mask: torch.Tensor | np.ndarray) -> Tree:
                 cycles += 1
         state[walk] = 2
     return Tree(parent, raw, cycles)
+
+
+def part_labels(mask: torch.Tensor | np.ndarray, k: int = 3) -> tuple[Tree, np.ndarray]:
+    """The tree of one mask and a partition of its tokens into subtrees headed by the ``k`` tokens that receive the
+    most mass (row sums; our choice of heads, fixed before any run: the hubs of the tree), or by a root that none of
+    them reaches."""
+    tree = extract_tree(mask)
+    received = np.asarray(torch.as_tensor(mask).detach().float()).sum(axis=1)
+    return tree, tree.subtrees(np.argsort(-received, kind="stable")[:k])
+
+
+def random_tree_mask(n: int, rng: np.random.Generator) -> np.ndarray:
+    """The mask (rows = parents) of a random tree reading: every token picks a uniformly random parent, itself
+    included. :func:`part_labels` on it is the random-tree baseline (its heads: the tokens with the most children)."""
+    mask = np.zeros((n, n))
+    mask[rng.integers(n, size=n), np.arange(n)] = 1.0
+    return mask
+
+
+def agreement(pred: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> tuple[float, float]:
+    """ARI and NMI (arithmetic normalisation) of two labellings of the tokens, on the tokens where ``keep`` (the
+    foreground): scikit-learn's ``adjusted_rand_score`` and ``normalized_mutual_info_score``, computed from one
+    contingency table, because the notebooks call it tens of thousands of times and one scikit-learn call costs
+    milliseconds (the unit tests check the two agree)."""
+    p = np.unique(pred[keep], return_inverse=True)[1].ravel()
+    t = np.unique(truth[keep], return_inverse=True)[1].ravel()
+    ari = float(adjusted_rand_rows(p[None], t)[0])
+    kp, kt = p.max() + 1, t.max() + 1
+    if kp == kt == 1:
+        return ari, 1.0
+    joint = np.bincount(p * kt + t, minlength=kp * kt).reshape(kp, kt) / len(p)
+    rows, cols = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mi = max(float((joint[nz] * np.log(joint[nz] / np.outer(rows, cols)[nz])).sum()), 0.0)
+    if mi == 0:
+        return ari, 0.0
+    entropy = [-(x[x > 0] * np.log(x[x > 0])).sum() for x in (rows, cols)]
+    return ari, mi / (sum(entropy) / 2)
+
+
+def permutation_ari(pred: np.ndarray, truth: np.ndarray, keep: np.ndarray, rng: np.random.Generator,
+                    n: int = 100) -> np.ndarray:
+    """The random-partition null: ARI of ``n`` shuffles of the predicted labels among the kept tokens (the same
+    subtree sizes, placed at random)."""
+    p = np.unique(pred[keep], return_inverse=True)[1].ravel()
+    t = np.unique(truth[keep], return_inverse=True)[1].ravel()
+    shuffled = rng.permuted(np.tile(p, (n, 1)), axis=1)
+    return adjusted_rand_rows(shuffled, t)
+
+
+def adjusted_rand_rows(rows: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``adjusted_rand_score(truth, row)`` for every row of ``rows`` (R×n, labels 0…k−1) at once: the null of
+    :func:`permutation_ari` needs 100 of them per image, which one scikit-learn call each makes slow."""
+    n_rows, n = rows.shape
+    kp, kt = rows.max() + 1, truth.max() + 1
+    cells = (np.arange(n_rows)[:, None] * kp * kt + rows * kt + truth).ravel()
+    table = np.bincount(cells, minlength=n_rows * kp * kt).reshape(n_rows, kp, kt).astype(float)
+
+    def pairs(x):
+        return (x * (x - 1) / 2).sum(-1)
+
+    together = pairs(table.reshape(n_rows, -1))
+    a, b = pairs(table.sum(2)), pairs(table.sum(1))
+    expected = a * b / max(n * (n - 1) / 2, 1)
+    top = (a + b) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ari = (together - expected) / (top - expected)
+    return np.where(np.isclose(top, expected), 1.0, ari)  # scikit-learn's value when both are one cluster or trivial
+
+
+def masks_of(model: ViT, images: torch.Tensor, device: str = "cpu") -> tuple[list[np.ndarray], np.ndarray]:
+    """Every block's mask (B×N×N, rows = parents; for a plain ViT its head-averaged Aᵀ) and the final cumulative
+    M (B×N) of ``model`` on ``images``, as numpy arrays."""
+    model.eval()
+    with torch.no_grad():
+        tr = model.trace(images.to(device))
+    return [m.float().cpu().numpy() for m in tr.masks], tr.ms[-1].float().cpu().numpy()
+
+
+def read_trees(masks: list[np.ndarray], truth: np.ndarray, k: int) -> dict[str, list[float]]:
+    """Per block, averaged over the images: the ARI and NMI of the :func:`part_labels` subtrees (``k`` heads)
+    against the patch labels ``truth`` (B×N, 0 = background) on the foreground, the cycles broken per image, the
+    share of images with one, the roots and the depth of the tree."""
+    out = {"ari": [], "nmi": [], "cycles": [], "with_cycle": [], "roots": [], "depth": []}
+    for layer in masks:
+        stats = []
+        for mask, t in zip(layer, truth):
+            tree, labels = part_labels(mask, k)
+            stats.append((*agreement(labels, t, t > 0), tree.cycles, len(tree.roots), tree.depth().max()))
+        ari, nmi, cycles, roots, depth = np.array(stats, dtype=float).T
+        for name, value in (("ari", ari.mean()), ("nmi", nmi.mean()), ("cycles", cycles.mean()),
+                            ("with_cycle", (cycles > 0).mean()), ("roots", roots.mean()), ("depth", depth.mean())):
+            out[name].append(float(value))
+    return out
+
+
+def chance_levels(layer: np.ndarray, truth: np.ndarray, k: int, rng: np.random.Generator, n_null: int = 100
+                  ) -> dict[str, float]:
+    """What chance reaches against ``truth`` (B×N) for the subtrees of one block's masks (B×N×N): the 97.5th
+    percentile over ``n_null`` rounds of the mean ARI of :func:`permutation_ari` shuffles (the upper edge of the
+    random-partition 95 % band), and the mean ARI of a random tree per image (:func:`random_tree_mask`)."""
+    null = np.zeros(n_null)
+    random_tree = []
+    for mask, t in zip(layer, truth):
+        _, labels = part_labels(mask, k)
+        null += permutation_ari(labels, t, t > 0, rng, n_null) / len(truth)
+        _, random_labels = part_labels(random_tree_mask(len(t), rng), k)
+        random_tree.append(agreement(random_labels, t, t > 0)[0])
+    return {"null_q975": float(np.quantile(null, 0.975)), "random_tree": float(np.mean(random_tree))}
+
+
+def auroc(score: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for the binary ``truth`` (pooled over all tokens given)."""
+    return float(roc_auc_score(np.asarray(truth).ravel().astype(int), np.asarray(score).ravel()))
+
+
+def centre_prior(side: int) -> np.ndarray:
+    """The centre-prior saliency of a side×side grid of patches: minus the distance to the grid's centre."""
+    ys, xs = np.mgrid[0:side, 0:side] - (side - 1) / 2
+    return -np.hypot(ys, xs).ravel()
 
 
 # ---------------------------------------------------------------- PartShapes
@@ -512,6 +697,34 @@ def _shapes(n: int, seed: int, variant: str, size: int, patch: int, layouts) -> 
     return Shapes(torch.tensor(np.array(images), dtype=torch.float32).reshape(n, 1, size, size), classes[:, 0].clone(),
                   classes, torch.tensor(np.array(parts)).reshape(n, size, size),
                   torch.tensor(np.array(owners)).reshape(n, size, size))
+
+
+SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
+
+
+@functools.lru_cache(maxsize=16)  # the notebooks ask for the same splits again and again; nothing mutates them
+def shapes_split(split: str, n: int, variant: str = "easy", patch: int = 4, objects: int = 1) -> Shapes:
+    """The ``n`` images of one split of PartShapes (``objects=1``) or of the two-object set (``objects=2``): each
+    split has its own generator seed (:data:`SPLIT_SEEDS`), so test images are never training images, and the
+    first ``n`` images of a split are the same whatever ``n``."""
+    make = {1: part_shapes, 2: two_objects}[objects]
+    return make(n, SPLIT_SEEDS[split], variant, patch)
+
+
+def shapes_run(kind: str, variant: str, seed: int, arch: dict, recipe: dict, n_train: int, device: str = "cpu",
+               objects: int = 1, test: Shapes | None = None, **options) -> dict:
+    """:func:`train_run` of a ``kind`` model (``arch``: :func:`build`'s size arguments, ``options``: its pruning
+    and ablation arguments) on the first ``n_train`` training images of a PartShapes ``variant`` (``objects=2``:
+    the two-object set), cached under a key that any notebook of the series rebuilds alike; ``test`` (default: 300
+    test images) only sets the accuracy stored with it."""
+    dataset = {1: "partshapes", 2: "two_objects"}[objects]
+    key = {"kind": kind, "model": {**arch, **options}, "recipe": recipe, "seed": seed,
+           "data": {"dataset": dataset, "variant": variant, "n_train": n_train,
+                    "generator_seed": SPLIT_SEEDS["train"]}}
+    train_set = shapes_split("train", n_train, variant, arch.get("patch", 4), objects)
+    test = test if test is not None else shapes_split("test", 300, variant, arch.get("patch", 4), objects)
+    return train_run(lambda: build(kind, dataset, **arch, **options), train_set.imageset(), test.imageset(), recipe,
+                     key, seed, device, desc=kind)
 
 
 def part_shapes(n: int, seed: int = 0, variant: str = "easy", patch: int = 4) -> Shapes:
