@@ -12,11 +12,15 @@ mask, from which a tree of patches is read; tokens that have stopped sending (lo
   child by child, for tests and teaching).
 - Models: :class:`Attention`, :class:`ReversedAttention`, :class:`Block` (one class for the plain and the reversed
   block), :class:`ViT` and :func:`build` (a plain ViT or a DependencyViT of the same size for Fashion-MNIST or
-  PartShapes); :meth:`ViT.trace` returns the per-layer masks, M and surviving token positions; :func:`macs`.
-- Trees: :func:`parents`, :func:`extract_tree` (argmax parents, cycle repair, roots), :meth:`Tree.subtrees`.
-- Lite: :func:`keep_tokens`, :func:`lite_keep_ratios`, the ``prune_at``/``keep`` arguments of :class:`ViT`.
+  PartShapes, with the ablations' switches); :meth:`ViT.trace` returns the per-layer masks, M and surviving token
+  positions; :func:`macs`; :func:`train_run` and :func:`shapes_run` (cached trainings the notebooks share).
+- Trees: :func:`parents`, :func:`extract_tree` (argmax parents, cycle repair, roots), :meth:`Tree.subtrees`,
+  :func:`part_labels`, :func:`read_trees`; against chance: :func:`random_tree_mask`, :func:`permutation_ari`,
+  :func:`chance_levels`; scores: :func:`agreement` (ARI, NMI), :func:`auroc`, :func:`centre_prior`.
+- Lite: :func:`keep_tokens`, :func:`lite_keep_ratios`, :data:`CRITERIA`, the ``prune_at``/``keep``/``criterion``
+  arguments of :class:`ViT`.
 - Data: :func:`part_shapes` and :func:`two_objects` (the synthetic PartShapes images with exact part and object
-  labels), :func:`patch_labels`.
+  labels), :func:`shapes_split` (one generator seed per split), :func:`patch_labels`.
 
 The official repository holds no code and the full text of the paper could not be read here (only its abstract
 and the Fig. 2 caption); everything else below is a reconstruction. Every choice the paper does not settle for
