@@ -357,3 +357,44 @@ def test_minilm_matches_transformers_and_slices(minilm):
         torch.testing.assert_close(small(b["input_ids"], b["attention_mask"]),
                                    minilm(b["input_ids"], b["attention_mask"]), atol=1e-4, rtol=0)
     assert V.count_params(small) == V.hard_size(minilm) < V.full_size(minilm)
+
+
+
+# ---------------------------------------------------------------- one FFN sublayer as a task
+
+
+def test_ffn_inputs_are_what_the_ffn_receives():
+    m = tiny()
+    ids, am = batch()
+    seen = {}
+    hook = m.layers[1].ffn.register_forward_pre_hook(lambda mod, args: seen.update(h=args[0]))
+    with torch.no_grad():
+        m(ids, am)
+    hook.remove()
+    torch.testing.assert_close(V.ffn_inputs(m, 1, ids, am), seen["h"], atol=0, rtol=0)
+    assert not m.layers[1].ffn._forward_pre_hooks  # the hook is gone
+
+
+def test_pooled_activations_and_sentence_level_noise():
+    m = tiny()
+    ffn = m.layers[0].ffn
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(3, 5, 16, generator=g, dtype=torch.float64)
+    am = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    abar, q = V.pooled_activations(ffn, h, am)
+    a = torch.nn.functional.gelu(ffn.w1(h[1, :2]))
+    torch.testing.assert_close(abar[1], a.mean(0))
+    torch.testing.assert_close(q[1], a.pow(2).sum(0).sqrt() / 2)
+    mask = V.VIBMask(24).to(torch.float64)
+    with torch.no_grad():
+        mask.log_sigma2.fill_(math.log(0.25))  # σ = 0.5
+    mask.train()
+    torch.manual_seed(0)
+    n = 20000
+    token = torch.stack([mask(a.unsqueeze(0).expand(1, -1, -1)).mean(1)[0] for _ in range(n)])  # per-token noise
+    sent = torch.stack([V.sample_pooled(mask, abar[1:2], q[1:2])[0] for _ in range(n)])  # per-sentence draw
+    torch.testing.assert_close(sent.mean(0), token.mean(0), atol=0.02, rtol=0)
+    torch.testing.assert_close(sent.std(0), token.std(0), atol=0.02, rtol=0.03)
+    torch.testing.assert_close(token.std(0), 0.5 * q[1], atol=0.02, rtol=0.03)
+    mask.eval()
+    torch.testing.assert_close(V.sample_pooled(mask, abar, q), abar * mask.weighted())
