@@ -345,3 +345,12 @@ def test_agreement_equals_scikit_learn():
         ari, nmi = D.agreement(pred, truth, keep)
         assert np.isclose(ari, adjusted_rand_score(truth[keep], pred[keep]))
         assert np.isclose(nmi, normalized_mutual_info_score(truth[keep], pred[keep]))
+
+
+def test_shapes_split_seeds_and_prefixes():
+    a, b = D.shapes_split("test", 5, "hard"), D.shapes_split("test", 8, "hard")
+    assert torch.equal(a.x, b.x[:5]) and torch.equal(a.parts, b.parts[:5])  # the first n are the same whatever n
+    train = D.shapes_split("train", 5, "hard")
+    assert not torch.equal(train.x, a.x)  # each split its own generator seed
+    pair = D.shapes_split("val", 3, "easy", patch=6, objects=2)
+    assert pair.x.shape == (3, 1, 48, 48) and set(pair.objects.unique().tolist()) == {0, 1, 2}
