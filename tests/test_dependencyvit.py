@@ -173,9 +173,10 @@ def test_pruning_criteria_keep_the_tokens_they_name():
     with torch.no_grad():
         full = base.trace(images)
         for criterion, score in [("m", full.ms[1]), ("inverse_m", -full.ms[1]), ("received", full.masks[1].sum(-1))]:
-            model = copy.deepcopy(base)
-            model.keep_counts, model.criterion = {1: 5}, criterion
+            model = copy.deepcopy(base).set_pruning((1,), (5 / 16,), criterion)
+            assert model.keep_counts == {1: 5}
             assert torch.equal(model.trace(images).kept[1], D.keep_tokens(score, 5))
+        assert base.set_pruning().keep_counts == {} and torch.equal(base(images), full.logits)  # pruning undone
         vit = D.build("vit", "partshapes", patch=8, prune_at=(1,), keep=(0.25,), criterion="received", **SMALL).eval()
         tr = vit.trace(images, need_masks=False)
         assert tr.kept[1].shape == (3, 4) and tr.masks[1] is not None and tr.masks[0] is None

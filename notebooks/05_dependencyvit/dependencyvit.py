@@ -16,9 +16,10 @@ mask, from which a tree of patches is read; tokens that have stopped sending (lo
   positions; :func:`macs`; :func:`train_run` and :func:`shapes_run` (cached trainings the notebooks share).
 - Trees: :func:`parents`, :func:`extract_tree` (argmax parents, cycle repair, roots), :meth:`Tree.subtrees`,
   :func:`part_labels`, :func:`read_trees`; against chance: :func:`random_tree_mask`, :func:`permutation_ari`,
-  :func:`chance_levels`; scores: :func:`agreement` (ARI, NMI), :func:`auroc`, :func:`centre_prior`.
+  :func:`chance_levels`; scores: :func:`agreement` (ARI, NMI), :func:`auroc`, :func:`centre_prior`; the figure:
+  :func:`draw_tree`.
 - Lite: :func:`keep_tokens`, :func:`lite_keep_ratios`, :data:`CRITERIA`, the ``prune_at``/``keep``/``criterion``
-  arguments of :class:`ViT`.
+  arguments of :class:`ViT` and :meth:`ViT.set_pruning` (the same, on trained weights).
 - Data: :func:`part_shapes` and :func:`two_objects` (the synthetic PartShapes images with exact part and object
   labels), :func:`shapes_split` (one generator seed per split), :func:`patch_labels`.
 
@@ -266,27 +267,34 @@ class ViT(nn.Module):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size={image_size} is not a multiple of patch={patch}")
-        if len(prune_at) != len(keep):
-            raise ValueError(f"prune_at={prune_at} and keep={keep} need one ratio per pruning layer")
-        if criterion not in CRITERIA:
-            raise ValueError(f"criterion={criterion!r}; choose one of {CRITERIA}")
-        if prune_at and not reversed and criterion in ("m", "inverse_m"):
-            raise ValueError(f"token pruning by criterion={criterion!r} needs the reversed blocks (reversed=True); "
-                             "a plain ViT can prune by 'received' or 'random'")
         n_reversed = (depth if reversed_layers is None else reversed_layers) if reversed else 0
         if not 0 <= n_reversed <= depth:
             raise ValueError(f"reversed_layers={reversed_layers}: between 0 and depth={depth}")
-        self.reversed, self.patch, self.criterion = reversed, patch, criterion
+        self.reversed, self.patch, self.depth = reversed, patch, depth
         self.n_tokens = (image_size // patch) ** 2
-        self.keep_counts = {int(layer): max(1, round(self.n_tokens * r)) for layer, r in zip(prune_at, keep)}
-        if any(not 0 <= layer < depth for layer in self.keep_counts):
-            raise ValueError(f"prune_at={prune_at}: blocks are 0 to {depth - 1}")
+        self.set_pruning(prune_at, keep, criterion)
         self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.pos = nn.Parameter(torch.randn(1, self.n_tokens, dim) * 0.02)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, i < n_reversed, tau, layer_scale, selector, controller)
                                     for i in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+
+    def set_pruning(self, prune_at: Sequence[int] = (), keep: Sequence[float] = (), criterion: str = "m") -> ViT:
+        """Prune (or, with no ``prune_at``, stop pruning) the same weights from the next forward pass on: the
+        ``prune_at``/``keep``/``criterion`` of the constructor."""
+        if len(prune_at) != len(keep):
+            raise ValueError(f"prune_at={prune_at} and keep={keep} need one ratio per pruning layer")
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion={criterion!r}; choose one of {CRITERIA}")
+        if prune_at and not self.reversed and criterion in ("m", "inverse_m"):
+            raise ValueError(f"token pruning by criterion={criterion!r} needs the reversed blocks (reversed=True); "
+                             "a plain ViT can prune by 'received' or 'random'")
+        if any(not 0 <= layer < self.depth for layer in prune_at):
+            raise ValueError(f"prune_at={prune_at}: blocks are 0 to {self.depth - 1}")
+        self.criterion = criterion
+        self.keep_counts = {int(layer): max(1, round(self.n_tokens * r)) for layer, r in zip(prune_at, keep)}
+        return self
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(images).flatten(2).transpose(1, 2) + self.pos
@@ -559,6 +567,29 @@ def chance_levels(layer: np.ndarray, truth: np.ndarray, k: int, rng: np.random.G
 def auroc(score: np.ndarray, truth: np.ndarray) -> float:
     """Area under the ROC curve of ``score`` for the binary ``truth`` (pooled over all tokens given)."""
     return float(roc_auc_score(np.asarray(truth).ravel().astype(int), np.asarray(score).ravel()))
+
+
+def draw_tree(ax, image: np.ndarray, mask: np.ndarray, k: int, title: str, first_colour: int = 0) -> None:
+    """The paper's tree figure on one matplotlib axis: ``image`` under its patches coloured by :func:`part_labels`
+    subtree (``k`` heads; tab10 colours from ``first_colour`` on), an arrow from every child to its parent and a
+    star on every root."""
+    import matplotlib.pyplot as plt
+
+    side = int(round(math.sqrt(len(mask))))
+    tree, labels = part_labels(mask, k)
+    heads = {h: i for i, h in enumerate(dict.fromkeys(labels.tolist()))}
+    cmap = plt.get_cmap("tab10")
+    colours = np.array([cmap((heads[h] + first_colour) % 10) for h in labels]).reshape(side, side, 4)
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, extent=(0, side, side, 0))
+    ax.imshow(colours, alpha=0.45, extent=(0, side, side, 0))
+    child = np.flatnonzero(tree.parent != np.arange(len(labels)))
+    cy, cx = np.divmod(child, side)
+    py, px = np.divmod(tree.parent[child], side)
+    ax.quiver(cx + 0.5, cy + 0.5, px - cx, py - cy, angles="xy", scale_units="xy", scale=1, width=0.006,
+              color="k", alpha=0.6)
+    for r in tree.roots:
+        ax.plot(r % side + 0.5, r // side + 0.5, "w*", ms=7, mec="k", mew=0.5)
+    ax.set_title(title, fontsize=8)
 
 
 def centre_prior(side: int) -> np.ndarray:
