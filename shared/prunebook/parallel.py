@@ -66,9 +66,11 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *, desc: str | None = No
     client = distributed.default_client()
     import cloudpickle
 
-    # sent once, unpickled on the worker only after the notebook's folder is on its path: a function defined in
-    # the notebook refers to the series module by name (``grokking``), which the worker imports from there
-    blob = client.scatter(cloudpickle.dumps(fn))
+    # unpickled on the worker only after the notebook's folder is on its path: a function defined in the notebook
+    # refers to the series module by name (``grokking``), which the worker imports from there. The bytes ride in
+    # every task (a few kB) rather than being scattered once: scattered data dies with the worker that holds it,
+    # and a task rerun after a worker is killed would then have nothing to run.
+    blob = cloudpickle.dumps(fn)
     n = len(items)
     return _gather(client, client.map(_call, [blob] * n, items, [str(Path.cwd().resolve())] * n, pure=False,
                                       **submit), desc)
