@@ -398,3 +398,107 @@ def test_pooled_activations_and_sentence_level_noise():
     torch.testing.assert_close(token.std(0), 0.5 * q[1], atol=0.02, rtol=0.03)
     mask.eval()
     torch.testing.assert_close(V.sample_pooled(mask, abar, q), abar * mask.weighted())
+
+
+# ---------------------------------------------------------------- the L0 mask and the training helpers
+
+
+def test_hard_concrete_mask_expectation_keep_rule_and_slicing():
+    torch.manual_seed(0)
+    m = V.HardConcreteMask(3)
+    with torch.no_grad():
+        m.log_alpha_.copy_(torch.tensor([4.0, -4.0, 0.0]))
+    # P(z ≠ 0) = sigmoid(log α − τ log(−l/h)); at log α = 0: sigmoid(2/3 · log 11) = 0.8402
+    assert m.soft()[2].item() == pytest.approx(torch.sigmoid(torch.tensor(2 / 3 * math.log(11))).item(), abs=1e-6)
+    assert m.keep().tolist() == [True, False, True] and m.kl().item() == 0.0
+    m.train()
+    draws = torch.stack([m(torch.ones(3)) for _ in range(20000)])
+    assert ((draws > 0).float().mean(0) - m.soft().detach()).abs().max() < 0.02  # the expected L0 norm
+    assert draws.min() >= 0 and draws.max() <= 1
+    torch.manual_seed(1)
+    l0 = V.MaskedBert(SHAPE, 16, [4, 4], [24, 24], dropout=0.0, mask=V.HardConcreteMask).double().eval()
+    with torch.no_grad():
+        for mask in l0.masks():
+            mask.log_alpha_.normal_(1.0, 2.0)
+    l0.set_mask_mode("weighted")
+    assert all(isinstance(x, V.HardConcreteMask) for x in l0.masks()) and len(l0.masks()) == 1 + 2 * 4
+    assert_sliced_equals_masked(l0)
+
+
+def test_distill_loss_is_zero_at_the_teacher_and_positive_elsewhere():
+    t = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    assert V.distill_loss(t, t).item() == pytest.approx(0.0, abs=1e-7)
+    assert V.distill_loss(-t, t).item() > 0.1
+
+
+def test_batch_stream_cycles_epochs_with_indices():
+    ids = [[101, 5, 102]] * 7 + [[101, 102]] * 3
+    stream = list(V.batch_stream(ids, batch_size=4, steps=6, seed=0))
+    assert len(stream) == 6
+    first_epoch = torch.cat([b["index"] for b in stream[:3]])
+    assert sorted(first_epoch.tolist()) == list(range(10)) and "labels" not in stream[0]
+    again = list(V.batch_stream(ids, batch_size=4, steps=6, seed=0))
+    assert all(torch.equal(a["index"], b["index"]) for a, b in zip(stream, again))
+
+
+def test_kept_counts_and_baselines_of_the_same_shape():
+    m = tiny()
+    prune(m.hidden_mask, 1, 2)
+    prune(m.layers[0].head_mask, 3)
+    prune(m.layers[1].ffn_gate, 0)
+    counts = V.kept_counts(m)
+    assert counts == {"hidden": [14], "head": [3, 4], "ffn": [24, 0]}
+    base = tiny(seed=5)
+    V.apply_keep(base, V.keep_like(V.magnitude_scores(base), counts))
+    assert V.kept_counts(base) == counts and V.hard_size(base) == V.hard_size(m)
+    assert V.count_params(V.shaped_like(m, counts)) == V.hard_size(m)
+
+
+def test_macs_count_the_matrix_products():
+    m = V.MaskedBert(SHAPE, 16, [4, 0], [24, 10], kinds=())
+    L = 5
+    # layer 0: QKVO 4·5·16·16, scores and context 2·25·16, FFN 2·5·16·24; layer 1: FFN only; pooler and classifier
+    expected = 4 * L * 16 * 16 + 2 * L * L * 16 + 2 * L * 16 * 24 + 2 * L * 16 * 10 + 16 * 16 + 16 * 3
+    assert V.macs(m, L) == expected
+
+
+def test_head_attention_masses():
+    m = tiny(dtype=torch.float32)
+    one_token = V.head_attention(m, [[5], [7]], keyword_ids={5})
+    for k in ("cls", "sep", "self"):  # a sentence of one token attends only to itself, its [CLS] and [SEP]
+        torch.testing.assert_close(one_token[k], torch.ones(2, 4))
+    torch.testing.assert_close(one_token["keyword"], torch.full((2, 4), 0.5))  # one of the two sentences
+    longer = V.head_attention(m, [[1, 5, 6, 2], [1, 7, 2]], keyword_ids={5, 6})
+    assert all(((v >= 0) & (v <= 1)).all() for v in longer.values())
+    assert m.masks()[0].mode == "auto" and not m.layers[0].attn.record
+
+
+def test_crossing_step_and_kept_heads():
+    trace = torch.tensor([[[-1.0, -1.0, -1.0]], [[1.0, -1.0, 1.0]], [[1.0, 1.0, -1.0]], [[1.0, 1.0, -1.0]]])
+    assert V.crossing_step({"head_trace": trace}).tolist() == [[2, 3, 5]]  # 5: never pruned at the end
+    mu = torch.ones(3)
+    masks = {"layers.0.head_mask.mu": mu, "layers.0.head_mask.log_sigma2": torch.tensor([-9.0, 5.0, -9.0]),
+             "layers.1.head_mask.mu": mu, "layers.1.head_mask.log_sigma2": torch.tensor([-9.0, -9.0, -9.0]),
+             "layers.0.attn_gate.mu": torch.ones(1), "layers.0.attn_gate.log_sigma2": torch.tensor([-9.0]),
+             "layers.1.attn_gate.mu": torch.ones(1), "layers.1.attn_gate.log_sigma2": torch.tensor([3.0])}
+    assert V.kept_heads({"masks": masks}).tolist() == [[True, False, True], [False, False, False]]
+
+
+def test_compress_trains_masks_and_stops_inside_the_window():
+    m = tiny(dtype=torch.float32).train()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 9, (24,), generator=g)
+    ids = [torch.randint(1, SHAPE.vocab, (int(n),), generator=g).tolist() for n in lengths]
+    teacher = torch.randn(24, 3, generator=g)
+    before = [p.detach().clone() for p in m.mask_parameters()]
+    hist = V.compress(m, ids, teacher, target=0.3, steps=6, warmup=3, batch_size=8, seed=0, mask_lr=0.1,
+                      lambda_lr=0.1, kl_weight=1e-3, weight_lr=1e-3, window=(1.0, 1.0))
+    assert len(hist) == 3  # the first step after the warm-up is inside a window this wide
+    assert {"task", "kl", "soft", "hard", "lambda_1", "head_log_alpha"} <= set(hist[0])
+    assert hist[0]["head_log_alpha"].shape == (2, 4)
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.mask_parameters()))
+    frozen = tiny(dtype=torch.float32).train()
+    w = frozen.layers[0].ffn.w1.weight.detach().clone()
+    V.compress(frozen, ids, teacher, target=0.3, steps=2, warmup=2, batch_size=8, seed=0, mask_lr=0.1,
+               lambda_lr=0.1, kl_weight=1e-3)  # weight_lr 0: masks only (Faster-VTrans)
+    assert torch.equal(w, frozen.layers[0].ffn.w1.weight)

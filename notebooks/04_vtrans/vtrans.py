@@ -21,6 +21,12 @@ where the masks sit in a BERT; every choice none of these settles for VTrans is 
   sentence, drawn exactly at the sentence level).
 - Data: :func:`load_mr` (Rotten Tomatoes sentences), :func:`load_imdb`, :func:`load_bbc`, :func:`load_tokenizer`,
   :func:`encode`, :func:`make_batches` (dynamic padding, length-bucketed batches).
+- Training (notebooks 2-4): :func:`compress` (the pruning phase), :func:`finetune`, :func:`distill_loss`,
+  :func:`predict`, :func:`accuracy`; CoFi's L0 mask :class:`HardConcreteMask` for the comparison; baselines at a
+  given shape (:func:`kept_counts`, :func:`keep_like`); :func:`macs`, :func:`latency`, :func:`shaped_like`.
+- The cached runs shared by notebooks 2-4: :data:`SETUP`, :func:`teacher`, :func:`student`, :func:`compress_run`,
+  :func:`baseline_run`; the probing of heads: :func:`keywords`, :func:`head_attention`, :func:`kept_heads`,
+  :func:`crossing_step`.
 
 Our choices, where neither VTrans' abstract and Fig. 1 nor the sources above settle the matter:
 - The model is our own small post-LN BERT holding the ``transformers`` weights (exactly equal to it with the masks
@@ -36,13 +42,19 @@ Our choices, where neither VTrans' abstract and Fig. 1 nor the sources above set
 - The KL weights per kind of mask default to 1 (TVA-Prune weights heads and hidden dimensions more).
 - The baselines' score definitions (which weights enter a magnitude; importance per batch, not per example).
 - The splits: a stratified 80/20 split with a fixed seed (the packages ship one split); the bucket size.
+- Notebooks 2-4: the logit term of CoFi's distillation only; the word table frozen in every training; the
+  pruning phase ends at the first step inside TVA-Prune's window; the finetuning phase trains the sliced model
+  (masks frozen); the baselines take VTrans' per-structure widths; the L0 keep rule P(z ≠ 0) > ½; keywords
+  from the training data's class log-odds. The notebooks say so where each is made.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +75,28 @@ BETA = 10.0  # slope of the smooth kept proxy sigmoid(-β log α) (TVA-Prune cod
 # ---------------------------------------------------------------- the VIB mask
 
 
-class VIBMask(nn.Module):
+class Mask(nn.Module):
+    """What every mask of a :class:`MaskedBert` shares: its mode (see :class:`VIBMask`)."""
+
+    mode = "auto"
+
+    def current_mode(self) -> str:
+        if self.mode == "auto":
+            return "sample" if self.training else "weighted"
+        return self.mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Multiply the last dimension of ``x`` by the mask: a random draw (:meth:`sample`) in "sample" mode, the
+        deterministic deployed mask in "weighted" mode, nothing in "off" mode."""
+        mode = self.current_mode()
+        if mode == "off":
+            return x
+        if mode == "weighted":
+            return x * self.weighted().to(x.dtype)
+        return x * self.sample(x)
+
+
+class VIBMask(Mask):
     """A VIB mask on ``n`` units: z = μ + σ·ε with ε ~ N(0, I), multiplied into the last dimension of its input.
 
     Modes: ``"sample"`` draws fresh noise for every element (hence per token, as TVA-Prune's code does);
@@ -75,12 +108,6 @@ class VIBMask(nn.Module):
         super().__init__()
         self.mu = nn.Parameter(MU_INIT + INIT_STD * torch.randn(n))
         self.log_sigma2 = nn.Parameter(LOG_SIGMA2_INIT + INIT_STD * torch.randn(n))
-        self.mode = "auto"
-
-    def current_mode(self) -> str:
-        if self.mode == "auto":
-            return "sample" if self.training else "weighted"
-        return self.mode
 
     def log_alpha(self) -> torch.Tensor:
         """log α = log σ² − log μ²; the 1e-8 keeps μ = 0 finite."""
@@ -102,20 +129,57 @@ class VIBMask(nn.Module):
         """Dai et al.'s closed-form bound ½ Σ log(1 + μ²/σ²) (the prior's variance optimised out)."""
         return 0.5 * torch.log1p(self.mu**2 / self.log_sigma2.exp()).sum()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mode = self.current_mode()
-        if mode == "off":
-            return x
-        if mode == "weighted":
-            return x * self.weighted().to(x.dtype)
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """z = μ + σ·ε with fresh noise for every element of ``x`` (hence per token)."""
         eps = torch.randn(*x.shape[:-1], self.mu.numel(), dtype=x.dtype, device=x.device)
-        return x * (self.mu + eps * torch.exp(0.5 * self.log_sigma2))
+        return self.mu + eps * torch.exp(0.5 * self.log_sigma2)
 
     @torch.no_grad()
     def set_keep(self, keep: torch.Tensor) -> None:
         """Fix the mask to a hard 0/1 choice (μ = keep, σ² = e⁻⁹): how the baselines' choices enter the model."""
         self.mu.copy_(keep.to(self.mu.dtype))
         self.log_sigma2.fill_(LOG_SIGMA2_INIT)
+
+
+# Louizos et al.'s stretched interval and temperature, and the initial drop rate, as CoFi sets them
+HC_LOW, HC_HIGH, HC_TEMPERATURE, HC_DROP_INIT = -0.1, 1.1, 2.0 / 3.0, 0.5
+
+
+class HardConcreteMask(Mask):
+    """CoFi's L0 mask (Louizos et al., 2018): z = clamp(sigmoid((log u − log(1−u) + log α)/τ)·(h−l) + l, 0, 1),
+    u ~ U(0, 1), one draw per unit and batch (CoFi). The same interface as :class:`VIBMask`, so that the same
+    Lagrangian, data and steps train either (notebook 2's VIB-vs-L0 comparison). There is no KL term: the size
+    term is the L0 norm's expectation, steered by the Lagrangian."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        start = math.log(1 - HC_DROP_INIT) - math.log(HC_DROP_INIT)
+        self.log_alpha_ = nn.Parameter(start + INIT_STD * torch.randn(n))
+
+    def soft(self, beta: float = BETA) -> torch.Tensor:
+        """P(z ≠ 0), the expected L0 norm per unit (``beta`` is not used)."""
+        return torch.sigmoid(self.log_alpha_ - HC_TEMPERATURE * math.log(-HC_LOW / HC_HIGH))
+
+    def keep(self) -> torch.Tensor:
+        """Kept iff P(z ≠ 0) > ½ (our choice; CoFi keeps as many units as the expected L0 norm says)."""
+        return self.soft() > 0.5
+
+    def weighted(self) -> torch.Tensor:
+        scale = (torch.sigmoid(self.log_alpha_) * (HC_HIGH - HC_LOW) + HC_LOW).clamp(0, 1)
+        return self.keep().to(scale.dtype) * scale
+
+    def kl(self) -> torch.Tensor:
+        return self.log_alpha_.new_zeros(())
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """One hard-concrete draw per unit (shared by every token of the batch, as in CoFi)."""
+        u = torch.rand_like(self.log_alpha_).clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha_) / HC_TEMPERATURE)
+        return (s * (HC_HIGH - HC_LOW) + HC_LOW).clamp(0, 1).to(x.dtype)
+
+    @torch.no_grad()
+    def set_keep(self, keep: torch.Tensor) -> None:
+        self.log_alpha_.copy_(torch.where(keep, 10.0, -10.0))
 
 
 # ---------------------------------------------------------------- a BERT with masks
@@ -143,6 +207,8 @@ class Shape:
 
 
 class Attention(nn.Module):
+    record = False  # when set, forward keeps its attention probabilities in .probs (notebook 4's probing)
+
     def __init__(self, hidden: int, heads: int, head_dim: int, eps: float, dropout: float):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
@@ -155,7 +221,10 @@ class Attention(nn.Module):
         B, L, _ = h.shape
         split = lambda t: t.view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, L, dh)
         q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
-        att = self.drop(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias, dim=-1))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias, dim=-1)
+        if self.record:
+            self.probs = att.detach()
+        att = self.drop(att)
         ctx = (att @ v).permute(0, 2, 3, 1)  # (B, L, dh, heads): the head mask acts on the last dimension
         if head_mask is not None:
             ctx = head_mask(ctx)
@@ -176,7 +245,7 @@ class FFN(nn.Module):
         return self.drop(self.w2(a))
 
 
-def _active(gate: VIBMask | None, units: VIBMask | None) -> bool:
+def _active(gate: Mask | None, units: Mask | None) -> bool:
     """Under deterministic masks a sublayer whose gate is pruned, or whose heads / neurons are all pruned, is skipped
     whole, its LayerNorm included, so that slicing can remove it (our choice)."""
     for m in (gate, units):
@@ -188,15 +257,15 @@ def _active(gate: VIBMask | None, units: VIBMask | None) -> bool:
 class Layer(nn.Module):
     """One post-LN BERT layer; ``attn`` or ``ffn`` is None once sliced away."""
 
-    def __init__(self, hidden, heads, head_dim, inner, eps, dropout, kinds):
+    def __init__(self, hidden, heads, head_dim, inner, eps, dropout, kinds, mask=VIBMask):
         super().__init__()
         self.attn = Attention(hidden, heads, head_dim, eps, dropout) if heads else None
         self.ffn = FFN(hidden, inner, eps, dropout) if inner else None
-        self.head_mask = VIBMask(heads) if heads and "head" in kinds else None
-        self.ffn_mask = VIBMask(inner) if inner and "ffn" in kinds else None
+        self.head_mask = mask(heads) if heads and "head" in kinds else None
+        self.ffn_mask = mask(inner) if inner and "ffn" in kinds else None
         # whole-sublayer gates: one scalar VIB mask per MHA and per FFN (our reading of Fig. 1's "layer VIB mask")
-        self.attn_gate = VIBMask(1) if heads and "layer" in kinds else None
-        self.ffn_gate = VIBMask(1) if inner and "layer" in kinds else None
+        self.attn_gate = mask(1) if heads and "layer" in kinds else None
+        self.ffn_gate = mask(1) if inner and "layer" in kinds else None
 
     def forward(self, h, bias, hidden_mask, keep):
         if self.attn is not None and _active(self.attn_gate, self.head_mask):
@@ -220,11 +289,12 @@ class MaskedBert(nn.Module):
     """A BERT sequence classifier with VIB masks of the kinds in ``kinds`` (a subset of :data:`KINDS`).
 
     ``heads`` and ``inner`` give each layer's head count and FFN width (0 removes the sublayer), so that a sliced
-    model is one of these too. ``forward`` returns the logits.
+    model is one of these too. ``mask`` is the kind of mask (:class:`VIBMask`, or :class:`HardConcreteMask` for
+    the L0 comparison). ``forward`` returns the logits.
     """
 
     def __init__(self, shape: Shape, hidden: int, heads: Sequence[int], inner: Sequence[int], eps: float = 1e-12,
-                 dropout: float = 0.1, kinds: Iterable[str] = KINDS):
+                 dropout: float = 0.1, kinds: Iterable[str] = KINDS, mask: type[Mask] = VIBMask):
         super().__init__()
         kinds = set(kinds)
         assert kinds <= set(KINDS), kinds
@@ -234,8 +304,8 @@ class MaskedBert(nn.Module):
         self.segment = nn.Embedding(shape.type_vocab, hidden)
         self.emb_ln = nn.LayerNorm(hidden, eps=eps)
         self.drop = nn.Dropout(dropout)
-        self.hidden_mask = VIBMask(hidden) if "hidden" in kinds else None
-        self.layers = nn.ModuleList(Layer(hidden, h, shape.head_dim, f, eps, dropout, kinds)
+        self.hidden_mask = mask(hidden) if "hidden" in kinds else None
+        self.layers = nn.ModuleList(Layer(hidden, h, shape.head_dim, f, eps, dropout, kinds, mask)
                                     for h, f in zip(heads, inner))
         self.pooler = nn.Linear(hidden, shape.pooler)
         self.classifier = nn.Linear(shape.pooler, shape.num_labels)
@@ -244,8 +314,8 @@ class MaskedBert(nn.Module):
     def hidden(self) -> int:
         return self.word.embedding_dim
 
-    def masks(self) -> list[VIBMask]:
-        return [m for m in self.modules() if isinstance(m, VIBMask)]
+    def masks(self) -> list[Mask]:
+        return [m for m in self.modules() if isinstance(m, Mask)]
 
     def set_mask_mode(self, mode: str) -> MaskedBert:
         assert mode in ("auto", "sample", "weighted", "off"), mode
@@ -300,7 +370,7 @@ class MaskedBert(nn.Module):
         return total
 
 
-def from_hf(hf_model, kinds: Iterable[str] = KINDS) -> MaskedBert:
+def from_hf(hf_model, kinds: Iterable[str] = KINDS, mask: type[Mask] = VIBMask) -> MaskedBert:
     """A :class:`MaskedBert` holding the weights of a ``transformers`` BertForSequenceClassification (or BertModel,
     whose classifier then starts random), with fresh masks."""
     cfg = hf_model.config
@@ -309,7 +379,7 @@ def from_hf(hf_model, kinds: Iterable[str] = KINDS) -> MaskedBert:
     shape = Shape(cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size, H // n, H,
                   getattr(cfg, "num_labels", 2))
     model = MaskedBert(shape, H, [n] * L, [cfg.intermediate_size] * L, cfg.layer_norm_eps,
-                       cfg.hidden_dropout_prob, kinds)
+                       cfg.hidden_dropout_prob, kinds, mask)
     names = {"word.weight": "embeddings.word_embeddings.weight",
              "pos.weight": "embeddings.position_embeddings.weight",
              "segment.weight": "embeddings.token_type_embeddings.weight",
@@ -362,8 +432,8 @@ def full_size(model: MaskedBert) -> int:
                             [int(f > 0) for f in inner]))
 
 
-def _counts(model: MaskedBert, fn: Callable[[VIBMask], torch.Tensor]):
-    def units(m: VIBMask | None, n: int):
+def _counts(model: MaskedBert, fn: Callable[[Mask], torch.Tensor]):
+    def units(m: Mask | None, n: int):
         return fn(m).sum() if m is not None else torch.tensor(float(n))
 
     H = units(model.hidden_mask, model.hidden)
@@ -489,7 +559,7 @@ def keeps(model: MaskedBert) -> dict[str, list[torch.Tensor]]:
             "ffn_gate": [get(lay.ffn_gate) for lay in model.layers]}
 
 
-def _mask_lists(model: MaskedBert) -> dict[str, list[VIBMask | None]]:
+def _mask_lists(model: MaskedBert) -> dict[str, list[Mask | None]]:
     return {"hidden": [model.hidden_mask], "head": [lay.head_mask for lay in model.layers],
             "ffn": [lay.ffn_mask for lay in model.layers], "attn_gate": [lay.attn_gate for lay in model.layers],
             "ffn_gate": [lay.ffn_gate for lay in model.layers]}
@@ -577,12 +647,12 @@ def random_scores(model: MaskedBert, seed: int = 0) -> dict[str, list[torch.Tens
 # ---------------------------------------------------------------- slicing
 
 
-def _kept(m: VIBMask | None, n: int):
+def _kept(m: Mask | None, n: int):
     """Indices of the kept units and their deployed scales (all, scale 1, without a mask)."""
     if m is None or m.mode == "off":
         return torch.arange(n), torch.ones(n)
     keep = m.keep()
-    return keep.nonzero().flatten(), m.mu.detach()[keep]
+    return keep.nonzero().flatten(), m.weighted().detach()[keep]
 
 
 @torch.no_grad()
@@ -665,21 +735,25 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
 
 
-def load_minilm(num_labels: int = 2, kinds: Iterable[str] = KINDS, seed: int = 0) -> MaskedBert:
+def load_minilm(num_labels: int = 2, kinds: Iterable[str] = KINDS, seed: int = 0,
+                mask: type[Mask] = VIBMask) -> MaskedBert:
     """MiniLM-L6 (6 layers, 384 wide, 12 heads) from the offline wheel, with a new classifier (seeded) and masks."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(seed)
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # its load report only says the new classifier is new (and prints a local path)
+    hf_logging.disable_progress_bar()  # a bar over 103 tensors that takes no time would stay on the page
     try:
         hf = AutoModelForSequenceClassification.from_pretrained(str(minilm_path()), num_labels=num_labels,
                                                                 local_files_only=True)
     finally:
         hf_logging.set_verbosity(verbosity)
-    return from_hf(hf, kinds)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return from_hf(hf, kinds, mask)
 
 
 @dataclass
@@ -778,3 +852,418 @@ def make_batches(ids: Sequence[Sequence[int]], labels: torch.Tensor, batch_size:
     else:
         groups = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     return [pad_batch([ids[j] for j in g], labels[torch.as_tensor(g, dtype=torch.long)], pad_id) for g in groups]
+
+
+# ---------------------------------------------------------------- training: teacher, compression, fine-tuning
+
+
+def batch_stream(ids: Sequence[Sequence[int]], batch_size: int, steps: int, seed: int, pad_id: int = 0):
+    """``steps`` length-bucketed batches cycling over the examples, a new shuffle each epoch. Each batch carries the
+    examples' positions under ``"index"`` (to look up labels and the teacher's logits)."""
+    step, epoch = 0, 0
+    while step < steps:
+        for b in make_batches(ids, torch.arange(len(ids)), batch_size, seed=seed * 1000 + epoch, pad_id=pad_id):
+            if step == steps:
+                return
+            b["index"] = b.pop("labels")
+            yield b
+            step += 1
+        epoch += 1
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """T²·KL(softmax(teacher/T) ‖ softmax(student/T)): the logit term of CoFi's distillation, T = 2 (CoFi)."""
+    T = temperature
+    return T * T * F.kl_div(F.log_softmax(student / T, -1), F.log_softmax(teacher / T, -1), log_target=True,
+                            reduction="batchmean")
+
+
+def _freeze_word_table(model: MaskedBert) -> None:
+    # The word table is half of MiniLM; its AdamW update costs as much as the rest of a CPU step. It stays as
+    # pre-trained (its columns are still pruned by the hidden mask): our choice, at every profile.
+    model.word.weight.requires_grad_(False)
+
+
+def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: torch.Tensor, *, target: float,
+             steps: int, warmup: int, batch_size: int, seed: int, mask_lr: float, lambda_lr: float,
+             kl_weight: float, weight_lr: float = 0.0, beta: float = BETA,
+             window: tuple[float, float] | None = None, desc: str | None = None) -> list[dict]:
+    """The pruning phase: masks (and, when ``weight_lr`` > 0, the weights) minimise distillation loss + γ·ΣKL +
+    λ₁(ŝ − t) + λ₂(ŝ − t)², the λ's maximise it, t warms up to ``target`` (sparsity with embeddings). Masks are
+    sampled in training mode. With ``window`` = (below, above), the phase ends at the first step after the warm-up
+    whose hard sparsity lies in [target − below, target + above] (TVA-Prune's trainer evaluates the masks inside
+    that window and keeps the best; with one pass of data we keep the first). Returns the history, one row a
+    step (``"hard"``: the hard masks' sparsity; ``"head_log_alpha"``: every head's log α, for VIB masks)."""
+    from prunebook import progress
+
+    torch.manual_seed(seed)
+    model.train()
+    full = full_size(model)
+    for p in model.weight_parameters():
+        p.requires_grad_(weight_lr > 0)
+    _freeze_word_table(model)
+    groups = [{"params": model.mask_parameters(), "lr": mask_lr}]
+    if weight_lr > 0:
+        groups.append({"params": [p for p in model.weight_parameters() if p.requires_grad], "lr": weight_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    lag = Lagrangian()
+    lag_opt = lagrangian_optimizer(lag, lambda_lr)
+    history = []
+    for step, b in enumerate(progress(batch_stream(ids, batch_size, steps, seed), total=steps, desc=desc)):
+        t = target_sparsity(step, warmup, target)
+        task = distill_loss(model(b["input_ids"], b["attention_mask"]), teacher_logits[b["index"]])
+        kl = model.kl()
+        s_hat = sparsity(expected_size(model, beta), full)
+        loss = task + kl_weight * kl + lag(s_hat, t)
+        opt.zero_grad()
+        lag_opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lag_opt.step()
+        with torch.no_grad():
+            hard = sparsity(hard_size(model), full)
+            heads = [lay.head_mask.log_alpha() for lay in model.layers if isinstance(lay.head_mask, VIBMask)]
+            history.append({"step": step + 1, "task": task.item(), "kl": kl.item(), "target": t,
+                            "soft": float(s_hat), "hard": hard, "lambda_1": lag.lambda_1.item(),
+                            "head_log_alpha": torch.stack(heads) if heads else None})
+        if window is not None and step + 1 >= warmup and -window[0] <= hard - target <= window[1]:
+            break
+    return history
+
+
+def finetune(model: MaskedBert, ids: Sequence[Sequence[int]], labels: torch.Tensor, *, steps: int, lr: float,
+             batch_size: int, seed: int, teacher_logits: torch.Tensor | None = None, desc: str | None = None):
+    """Plain fine-tuning of every weight but the word table (masks off): distillation from ``teacher_logits``
+    when given (the sliced models), else cross-entropy on ``labels`` (the teacher). Returns the losses."""
+    from prunebook import progress
+
+    torch.manual_seed(seed)
+    model.train().set_mask_mode("off")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    _freeze_word_table(model)
+    opt = torch.optim.AdamW(model.weight_parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for b in progress(batch_stream(ids, batch_size, steps, seed), total=steps, desc=desc):
+        logits = model(b["input_ids"], b["attention_mask"])
+        loss = (distill_loss(logits, teacher_logits[b["index"]]) if teacher_logits is not None
+                else F.cross_entropy(logits, labels[b["index"]]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval().set_mask_mode("auto")
+    return losses
+
+
+@torch.no_grad()
+def predict(model: MaskedBert, ids: Sequence[Sequence[int]], batch_size: int = 64) -> torch.Tensor:
+    """Logits in the examples' order (evaluation mode: deterministic masks), computed in length order."""
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.empty(len(ids), model.shape.num_labels)
+    for i in range(0, len(order), batch_size):
+        chunk = order[i:i + batch_size]
+        b = pad_batch([ids[j] for j in chunk], torch.zeros(len(chunk)))
+        out[chunk] = model(b["input_ids"], b["attention_mask"]).float()
+    return out
+
+
+def accuracy(model: MaskedBert, ids: Sequence[Sequence[int]], labels: torch.Tensor) -> float:
+    return float((predict(model, ids).argmax(1) == labels).float().mean())
+
+
+def kept_counts(model: MaskedBert) -> dict[str, list[int]]:
+    """Units per structure that slicing keeps: {"hidden": [H], "head": [...], "ffn": [...]}, a sublayer whose gate
+    is pruned counting 0."""
+    k = keeps(model)
+    on = lambda gate: gate is None or bool(gate.all())
+    return {"hidden": [int(k["hidden"][0].sum()) if k["hidden"][0] is not None else model.hidden],
+            "head": [int(h.sum()) if h is not None and on(g) else 0 for h, g in zip(k["head"], k["attn_gate"])],
+            "ffn": [int(f.sum()) if f is not None and on(g) else 0 for f, g in zip(k["ffn"], k["ffn_gate"])]}
+
+
+def keep_like(scores: dict[str, list[torch.Tensor]], counts: dict[str, list[int]]) -> dict[str, list[torch.Tensor]]:
+    """The baselines' keep sets: per structure, the top-scored units, as many as ``counts`` (a compressed model's
+    :func:`kept_counts`) says, so the baseline has exactly its size and shape (our choice: the allocation across
+    structures is VTrans', only the choice of units is the baseline's)."""
+    return {kind: [keep_top(s, n) for s, n in zip(scores[kind], counts[kind])] for kind in ("hidden", "head", "ffn")}
+
+
+def shaped_like(model: MaskedBert, counts: dict[str, list[int]]) -> MaskedBert:
+    """A model with no masks and the widths of ``counts`` (random weights): for latency, which does not depend on
+    the values."""
+    return MaskedBert(model.shape, counts["hidden"][0], counts["head"], counts["ffn"], model.eps, model.dropout,
+                      kinds=()).eval()
+
+
+def macs(model: MaskedBert, length: int) -> int:
+    """Multiply-accumulates of one forward pass over a sequence of ``length`` tokens, matrix products only: Q, K, V
+    and O, the attention scores and the weighted values, the FFN, the pooler and the classifier (of a model without
+    masks, such as a sliced one)."""
+    H, dh, P = model.hidden, model.shape.head_dim, model.shape.pooler
+    total = H * P + P * model.shape.num_labels
+    for lay in model.layers:
+        if lay.attn is not None:
+            width = lay.attn.heads * dh
+            total += 4 * length * H * width + 2 * length * length * width
+        if lay.ffn is not None:
+            total += 2 * length * H * lay.ffn.w1.out_features
+    return total
+
+
+@torch.no_grad()
+def latency(model: MaskedBert, batch: dict[str, torch.Tensor], repeats: int = 20) -> float:
+    """Median seconds of one forward pass over ``batch`` (after one warm-up pass)."""
+    model.eval()
+    model(batch["input_ids"], batch["attention_mask"])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(batch["input_ids"], batch["attention_mask"])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+# ---------------------------------------------------------------- the runs of notebooks 2-4 (cached, shared)
+
+# Data, teacher and schedule of notebooks 2-4, one place, so that the three share cached runs. Each notebook adds
+# its own settings to these. Our choices at `cpu`: a stratified 2,048-sentence subset of our MR training split
+# (one pass of 128 steps of 16 in the pruning phase), 800 test sentences; the teacher is MiniLM fine-tuned for one
+# pass. `paper` keeps MiniLM and MR but uses every sentence and TVA-Prune-like step counts.
+WINDOW = (0.008, 0.001)  # the pruning phase ends inside [t − 0.8 point, t + 0.1 point] (TVA-Prune's window)
+SETUP = {
+    "smoke": dict(n_train=128, n_test=64, max_len=64, batch_size=16, teacher_steps=8, teacher_lr=5e-5, steps=12,
+                  warmup=6, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=3e-5, finetune_steps=4,
+                  finetune_lr=5e-5, window=WINDOW, tolerance=0.01),
+    "cpu": dict(n_train=2048, n_test=800, max_len=64, batch_size=16, teacher_steps=128, teacher_lr=5e-5,
+                steps=160, warmup=64, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=3e-5,
+                finetune_steps=64, finetune_lr=5e-5, window=WINDOW, tolerance=0.01),
+    "paper": dict(n_train=6824, n_test=1706, max_len=128, batch_size=16, teacher_steps=1280, teacher_lr=3e-5,
+                  steps=4000, warmup=400, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=2e-5,
+                  finetune_steps=1280, finetune_lr=2e-5, window=WINDOW, tolerance=0.01),
+}
+DATA_KEYS = ("n_train", "n_test", "max_len")
+TEACHER_KEYS = DATA_KEYS + ("batch_size", "teacher_steps", "teacher_lr")
+RUN_KEYS = TEACHER_KEYS + ("steps", "warmup", "mask_lr", "lambda_lr", "kl_weight", "weight_lr", "finetune_steps",
+                           "finetune_lr", "window")
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0) -> np.ndarray:
+    """About ``n`` indices with the classes in their proportions (all when ``n`` ≥ the size), sorted."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    return stratified_split(labels.numpy(), n / len(labels), seed)[1]
+
+
+_DATA: dict = {}
+
+
+def mr_data(n_train: int, n_test: int, max_len: int) -> dict[str, tuple[list[list[int]], torch.Tensor]]:
+    """{"train": (ids, labels), "test": (ids, labels)}: stratified subsets of our MR splits, tokenised."""
+    key = (n_train, n_test, max_len)
+    if key not in _DATA:
+        tok = load_tokenizer()
+        out = {}
+        for split, n in (("train", n_train), ("test", n_test)):
+            ts = load_mr(split)
+            idx = stratified_subset(ts.labels, n)
+            out[split] = (encode(tok, [ts.texts[i] for i in idx], max_len), ts.labels[torch.as_tensor(idx)])
+        _DATA[key] = out
+    return _DATA[key]
+
+
+def _pick(cfg, keys) -> dict:
+    return {k: cfg[k] for k in keys}
+
+
+def teacher(cfg) -> dict:
+    """MiniLM fine-tuned on the training subset (cross-entropy), cached: its weights, its logits on the training
+    subset (the distillation targets), its test accuracy and the seconds it took."""
+    from prunebook import cache
+
+    def compute():
+        d = mr_data(*(cfg[k] for k in DATA_KEYS))
+        model = load_minilm(kinds=())
+        t0 = time.perf_counter()
+        finetune(model, *d["train"], steps=cfg["teacher_steps"], lr=cfg["teacher_lr"], batch_size=cfg["batch_size"],
+                 seed=0, desc="teacher")
+        logits = predict(model, d["train"][0])
+        return {"state": model.state_dict(), "train_logits": logits, "wall": time.perf_counter() - t0,
+                "acc": accuracy(model, *d["test"]), "shape": dataclasses.asdict(model.shape)}
+
+    return cache.cached(f"{NAMESPACE}/teacher", _pick(cfg, TEACHER_KEYS), compute)
+
+
+def student(cfg, kinds: Iterable[str] = KINDS, mask: type[Mask] = VIBMask) -> MaskedBert:
+    """The teacher's weights with fresh masks of ``kinds``."""
+    t = teacher(cfg)
+    state, shape = t["state"], Shape(**t["shape"])
+    L = sum(1 for k in state if k.endswith("attn.q.weight"))
+    heads = state["layers.0.attn.q.weight"].shape[0] // shape.head_dim
+    inner = state["layers.0.ffn.w1.weight"].shape[0]
+    model = MaskedBert(shape, state["word.weight"].shape[1], [heads] * L, [inner] * L, kinds=kinds, mask=mask)
+    model.load_state_dict(t["state"], strict=False)  # the masks are new
+    return model
+
+
+def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS, mask: str = "vib",
+                 train_weights: bool = True, fraction: float = 1.0) -> dict:
+    """One compression, cached: the pruning phase (:func:`compress`) on the training subset (or a stratified
+    ``fraction`` of it: Fast/Faster-VTrans), slicing, then the finetuning phase on the same data (the sliced model's
+    weights, distilled from the teacher; none when ``train_weights`` is False: Faster-VTrans). ``mask``: "vib" or
+    "l0" (:class:`HardConcreteMask`)."""
+    from prunebook import cache
+
+    key = _pick(cfg, RUN_KEYS) | {"target": target, "seed": seed, "kinds": sorted(kinds), "mask": mask,
+                                  "train_weights": train_weights, "fraction": fraction}
+
+    def compute():
+        d = mr_data(*(cfg[k] for k in DATA_KEYS))
+        ids, labels = d["train"]
+        logits = teacher(cfg)["train_logits"]
+        keep = stratified_subset(labels, round(fraction * len(labels)), seed=seed)
+        ids, labels, logits = [ids[i] for i in keep], labels[keep], logits[keep]
+        torch.manual_seed(seed)  # the masks' initial jitter
+        model = student(cfg, kinds, {"vib": VIBMask, "l0": HardConcreteMask}[mask])
+        t0 = time.perf_counter()
+        hist = compress(model, ids, logits, target=target, steps=cfg["steps"], warmup=cfg["warmup"],
+                        batch_size=cfg["batch_size"], seed=seed, mask_lr=cfg["mask_lr"], lambda_lr=cfg["lambda_lr"],
+                        kl_weight=cfg["kl_weight"] if mask == "vib" else 0.0,
+                        weight_lr=cfg["weight_lr"] if train_weights else 0.0, window=cfg["window"],
+                        desc=f"{mask} t={target:g} seed {seed}")
+        t_prune = time.perf_counter() - t0
+        model.eval().set_mask_mode("weighted")
+        counts = kept_counts(model)
+        small = slice_model(model)
+        acc_pruned = accuracy(small, *d["test"])
+        t1 = time.perf_counter()
+        if train_weights:
+            finetune(small, ids, labels, steps=cfg["finetune_steps"], lr=cfg["finetune_lr"],
+                     batch_size=cfg["batch_size"], seed=seed, teacher_logits=logits, desc="finetune")
+        t_finetune = time.perf_counter() - t1
+        heads = [row.pop("head_log_alpha") for row in hist]
+        return {"history": hist, "head_trace": torch.stack(heads) if heads[0] is not None else None,
+                "counts": counts, "params": count_params(small), "full": full_size(model),
+                "sparsity": sparsity(count_params(small), full_size(model)), "acc_pruned": acc_pruned,
+                "acc": accuracy(small, *d["test"]), "steps_used": len(hist), "n_examples": len(ids),
+                "seen": len(hist) * cfg["batch_size"] + (cfg["finetune_steps"] * cfg["batch_size"] if train_weights
+                                                         else 0),
+                "wall_prune": t_prune, "wall_finetune": t_finetune,
+                "masks": {n: p.detach().clone() for n, p in model.named_parameters() if "mask" in n or "gate" in n}}
+
+    return cache.cached(f"{NAMESPACE}/compress", key, compute)
+
+
+def baseline_run(cfg, *, method: str, counts: dict[str, list[int]], steps: int, seed: int) -> dict:
+    """A one-shot baseline, cached: the teacher pruned by ``method``'s scores ("magnitude", "importance" on the
+    first 8 training batches, "random") to the per-structure ``counts`` of a compressed model, sliced, then
+    fine-tuned (distilled) for ``steps`` steps, the steps its compressed counterpart trained in all."""
+    from prunebook import cache
+
+    key = _pick(cfg, TEACHER_KEYS) | {"method": method, "counts": counts, "steps": steps, "seed": seed,
+                                      "finetune_lr": cfg["finetune_lr"]}
+
+    def compute():
+        d = mr_data(*(cfg[k] for k in DATA_KEYS))
+        ids, labels = d["train"]
+        logits = teacher(cfg)["train_logits"]
+        model = student(cfg, ("hidden", "head", "ffn")).eval()
+        t0 = time.perf_counter()
+        if method == "magnitude":
+            scores = magnitude_scores(model)
+        elif method == "importance":
+            batches = [dict(b, labels=labels[b["index"]]) for b in batch_stream(ids, cfg["batch_size"], 8, seed)]
+            scores = importance_scores(model, batches)
+        elif method == "random":
+            scores = random_scores(model, seed)
+        else:
+            raise ValueError(f"unknown baseline {method!r}: use 'magnitude', 'importance' or 'random'")
+        apply_keep(model, keep_like(scores, counts))
+        small = slice_model(model.set_mask_mode("weighted"))
+        acc_pruned = accuracy(small, *d["test"])
+        finetune(small, ids, labels, steps=steps, lr=cfg["finetune_lr"], batch_size=cfg["batch_size"], seed=seed,
+                 teacher_logits=logits, desc=method)
+        return {"acc_pruned": acc_pruned, "acc": accuracy(small, *d["test"]), "params": count_params(small),
+                "wall": time.perf_counter() - t0}
+
+    return cache.cached(f"{NAMESPACE}/baseline", key, compute)
+
+
+# ---------------------------------------------------------------- what the heads attend to (notebook 4)
+
+
+def keywords(tokenizer, ids: Sequence[Sequence[int]], labels: torch.Tensor, top: int = 100,
+             min_count: int = 5) -> set[int]:
+    """Task keywords, from the data (our choice; the abstract does not say how VTrans picks them): the ``top``
+    alphabetic word pieces of at least three letters, seen ``min_count`` times or more, with the largest absolute
+    log-odds between the two classes (add-one smoothed)."""
+    counts = np.zeros((2, tokenizer.vocab_size))
+    for s, y in zip(ids, labels.tolist()):
+        np.add.at(counts[y], np.unique(s), 1)
+    total = counts.sum(0)
+    log_odds = np.log((counts[1] + 1) / (counts[1].sum() + 2)) - np.log((counts[0] + 1) / (counts[0].sum() + 2))
+    words = [i for i in np.flatnonzero(total >= min_count)
+             if (t := tokenizer.convert_ids_to_tokens(int(i))).isalpha() and len(t) >= 3]
+    return set(sorted(words, key=lambda i: -abs(log_odds[i]))[:top])
+
+
+@torch.no_grad()
+def head_attention(model: MaskedBert, ids: Sequence[Sequence[int]], keyword_ids: set[int],
+                   batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Per head (layers × heads): the attention mass on [CLS] (the first token), on [SEP] (the last real token), on
+    the query token itself and on keyword tokens, averaged over every real query token of ``ids``, masks off."""
+    model.eval().set_mask_mode("off")
+    L, n = len(model.layers), model.layers[0].attn.heads
+    sums = {k: torch.zeros(L, n) for k in ("cls", "sep", "self", "keyword")}
+    tokens = 0.0
+    for lay in model.layers:
+        lay.attn.record = True
+    try:
+        for b in make_batches(ids, torch.zeros(len(ids)), batch_size, shuffle=False):
+            real = b["attention_mask"].float()  # (B, L)
+            last = real.sum(1).long() - 1
+            kw = torch.isin(b["input_ids"], torch.tensor(sorted(keyword_ids))).float()
+            model(b["input_ids"], b["attention_mask"])
+            for i, lay in enumerate(model.layers):
+                p = lay.attn.probs  # (B, heads, query, key)
+                per_query = {"cls": p[..., 0], "self": p.diagonal(dim1=-2, dim2=-1),
+                             "sep": p.gather(-1, last.view(-1, 1, 1, 1).expand(*p.shape[:3], 1)).squeeze(-1),
+                             "keyword": (p * kw[:, None, None, :]).sum(-1)}
+                for k, v in per_query.items():
+                    sums[k][i] += (v * real[:, None, :]).sum((0, 2))
+            tokens += float(real.sum())
+    finally:
+        for lay in model.layers:
+            lay.attn.record = False
+            lay.attn.probs = None
+    model.set_mask_mode("auto")
+    return {k: v / tokens for k, v in sums.items()}
+
+
+def kept_heads(run: dict) -> torch.Tensor:
+    """(layers × heads) bool: the heads a compressed run keeps (a head of an MHA sublayer whose gate is pruned
+    counts as pruned)."""
+    m = run["masks"]
+    L = sum(1 for k in m if k.endswith("head_mask.mu"))
+    rows = []
+    for i in range(L):
+        heads = m[f"layers.{i}.head_mask.log_sigma2"] - torch.log(m[f"layers.{i}.head_mask.mu"] ** 2 + 1e-8) < 0
+        gate = f"layers.{i}.attn_gate.mu"
+        if gate in m and not bool(m[f"layers.{i}.attn_gate.log_sigma2"][0] - torch.log(m[gate][0] ** 2 + 1e-8) < 0):
+            heads = torch.zeros_like(heads)
+        rows.append(heads)
+    return torch.stack(rows)
+
+
+def crossing_step(run: dict) -> torch.Tensor:
+    """(layers × heads): the first pruning step at which each head's log α is ≥ 0 (pruned) and stays so to the
+    end; heads kept at the end get the number of steps + 1."""
+    trace = run["head_trace"]  # (steps, layers, heads)
+    pruned = trace >= 0
+    steps = trace.shape[0]
+    out = torch.full(trace.shape[1:], steps + 1, dtype=torch.long)
+    for t in range(steps - 1, -1, -1):  # walk back while the head stays pruned
+        still = pruned[t] & (out == t + 2)
+        out[still] = t + 1
+    return out
