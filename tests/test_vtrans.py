@@ -513,3 +513,13 @@ def test_paper_setup_errors_and_cache_names(monkeypatch):
     cpu, paper = V.SETUP["cpu"], V.SETUP["paper"]
     assert "model" not in V._pick(cpu, V.DATA_KEYS)  # the default setup keeps its cache names
     assert V._pick(paper, V.DATA_KEYS)["model"] == "bert-base-uncased" and V._pick(paper, V.DATA_KEYS)["task"] == "sst2"
+
+
+def test_auc_is_the_mann_whitney_share_of_pairs():
+    from scipy import stats
+
+    hi, lo = torch.tensor([3.0, 1.0, 2.0, 2.0]), torch.tensor([0.0, 2.0, 1.0])
+    # pairs hi > lo: 3 beats 3, 1 beats 1 (and ties 1), each 2 beats 2 (and ties 1): (3 + 1.5 + 2.5 + 2.5) / 12
+    assert V.auc(hi, lo) == pytest.approx(9.5 / 12)
+    assert V.auc(hi, lo) == pytest.approx(stats.mannwhitneyu(hi.numpy(), lo.numpy()).statistic / 12)
+    assert V.log_alpha(torch.tensor([1.0]), torch.tensor([0.0])).item() == pytest.approx(0.0, abs=1e-7)

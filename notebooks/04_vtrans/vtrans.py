@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -96,6 +97,11 @@ class Mask(nn.Module):
         return x * self.sample(x)
 
 
+def log_alpha(mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+    """log α = log σ² − log μ² of a VIB mask (also of its saved μ, log σ²); the 1e-8 keeps μ = 0 finite."""
+    return log_sigma2 - torch.log(mu**2 + 1e-8)
+
+
 class VIBMask(Mask):
     """A VIB mask on ``n`` units: z = μ + σ·ε with ε ~ N(0, I), multiplied into the last dimension of its input.
 
@@ -110,8 +116,7 @@ class VIBMask(Mask):
         self.log_sigma2 = nn.Parameter(LOG_SIGMA2_INIT + INIT_STD * torch.randn(n))
 
     def log_alpha(self) -> torch.Tensor:
-        """log α = log σ² − log μ²; the 1e-8 keeps μ = 0 finite."""
-        return self.log_sigma2 - torch.log(self.mu**2 + 1e-8)
+        return log_alpha(self.mu, self.log_sigma2)
 
     def keep(self) -> torch.Tensor:
         """The keep rule: a unit stays iff log α < 0, i.e. μ²/σ² > 1 (strict: log α = 0 is pruned)."""
@@ -1090,9 +1095,6 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0) -> np.ndarray
     return stratified_split(labels.numpy(), n / len(labels), seed)[1]
 
 
-_DATA: dict = {}
-
-
 GLUE_SINGLE = ("sst2", "cola")  # GLUE's one-sentence tasks; pairs would need segment ids, which are not wired
 
 
@@ -1117,17 +1119,18 @@ def load_glue(task: str, split: str) -> TextSet:
 def task_data(cfg) -> dict[str, tuple[list[list[int]], torch.Tensor]]:
     """{"train": (ids, labels), "test": (ids, labels)}: stratified subsets of the task's splits (``n_train``,
     ``n_test``), tokenised for ``model``."""
-    model, task, n_train, n_test, max_len = (cfg[k] for k in ("model", "task", "n_train", "n_test", "max_len"))
-    key = (model, task, n_train, n_test, max_len)
-    if key not in _DATA:
-        tok = load_tokenizer(model)
-        out = {}
-        for split, n in (("train", n_train), ("test", n_test)):
-            ts = load_mr(split) if task == "mr" else load_glue(task, split)
-            idx = stratified_subset(ts.labels, n)
-            out[split] = (encode(tok, [ts.texts[i] for i in idx], max_len), ts.labels[torch.as_tensor(idx)])
-        _DATA[key] = out
-    return _DATA[key]
+    return _task_data(*(cfg[k] for k in ("model", "task", "n_train", "n_test", "max_len")))
+
+
+@functools.cache
+def _task_data(model: str, task: str, n_train: int, n_test: int, max_len: int):
+    tok = load_tokenizer(model)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        ts = load_mr(split) if task == "mr" else load_glue(task, split)
+        idx = stratified_subset(ts.labels, n)
+        out[split] = (encode(tok, [ts.texts[i] for i in idx], max_len), ts.labels[torch.as_tensor(idx)])
+    return out
 
 
 def _pick(cfg, keys) -> dict:
@@ -1168,7 +1171,7 @@ def student(cfg, kinds: Iterable[str] = KINDS, mask: type[Mask] = VIBMask) -> Ma
     heads = state["layers.0.attn.q.weight"].shape[0] // shape.head_dim
     inner = state["layers.0.ffn.w1.weight"].shape[0]
     model = MaskedBert(shape, state["word.weight"].shape[1], [heads] * L, [inner] * L, kinds=kinds, mask=mask)
-    model.load_state_dict(t["state"], strict=False)  # the masks are new
+    model.load_state_dict(state, strict=False)  # the masks are new
     return model
 
 
@@ -1308,16 +1311,25 @@ def head_attention(model: MaskedBert, ids: Sequence[Sequence[int]], keyword_ids:
     return {k: v / tokens for k, v in sums.items()}
 
 
+def auc(higher: torch.Tensor, lower: torch.Tensor) -> float:
+    """The chance that a value of ``higher`` exceeds one of ``lower`` (ties count half): the area under the ROC
+    curve, i.e. the Mann-Whitney U over the number of pairs."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.ones(len(higher)), np.zeros(len(lower))]
+    return float(roc_auc_score(y, np.r_[np.asarray(higher), np.asarray(lower)]))
+
+
 def kept_heads(run: dict) -> torch.Tensor:
     """(layers × heads) bool: the heads a compressed run keeps (a head of an MHA sublayer whose gate is pruned
     counts as pruned)."""
     m = run["masks"]
+    kept = lambda name: log_alpha(m[f"{name}.mu"], m[f"{name}.log_sigma2"]) < 0
     L = sum(1 for k in m if k.endswith("head_mask.mu"))
     rows = []
     for i in range(L):
-        heads = m[f"layers.{i}.head_mask.log_sigma2"] - torch.log(m[f"layers.{i}.head_mask.mu"] ** 2 + 1e-8) < 0
-        gate = f"layers.{i}.attn_gate.mu"
-        if gate in m and not bool(m[f"layers.{i}.attn_gate.log_sigma2"][0] - torch.log(m[gate][0] ** 2 + 1e-8) < 0):
+        heads = kept(f"layers.{i}.head_mask")
+        if f"layers.{i}.attn_gate.mu" in m and not bool(kept(f"layers.{i}.attn_gate")[0]):
             heads = torch.zeros_like(heads)
         rows.append(heads)
     return torch.stack(rows)
