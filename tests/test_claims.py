@@ -5,7 +5,7 @@ import math
 import prunebook
 import pytest
 from prunebook import claims, config
-from prunebook.claims import all_of, equivalent, exact, exceeds, interval, paired
+from prunebook.claims import all_of, equivalent, every_run, exact, exceeds, half_width, interval, paired, seeds_needed
 
 CONFIGS = {"smoke": {"n": 1}, "cpu": {"n": 2}}
 
@@ -105,19 +105,26 @@ def test_paper_claims_need_the_rule_and_a_kind(in_series):
         table.add("a", "x", "y", paper=1, measured=1, holds=True, kind="paper")
     with pytest.raises(ValueError, match="exactly one"):
         table.add("a", "x", "y", paper=1, kind="control")
-    c = table.add("a", "x", "y", paper=1, kind="paper", decision=paired([1, 2, 3], [0, 1, 3.5]))
+    c = table.add("a", "x", "y", paper=1, kind="paper", decision=paired([1, 2, 3], [0, 1, 3.5]), faithful=True)
     assert c.verdict == "inconclusive" and c.holds is False and c.test == "paired t, 3 seeds"
 
 
-def test_tally_counts_paper_claims_apart():
-    cs = [{"kind": "paper", "verdict": "holds"}, {"kind": "paper", "verdict": "inconclusive"},
+def test_tally_counts_faithful_paper_claims_apart():
+    cs = [{"kind": "paper", "verdict": "holds", "faithful": True},
+          {"kind": "paper", "verdict": "inconclusive", "faithful": True},
+          {"kind": "paper", "verdict": "fails", "faithful": False, "unfaithful_because": "too short a schedule"},
+          {"kind": "paper", "verdict": "holds"},             # written before the flag
           {"kind": "check", "verdict": "holds"}, {"kind": "control", "verdict": "fails"},
           {"holds": True}]                                   # a file written before the rule: counted apart
     t = claims.tally(cs)
     assert t["paper"] == {"holds": 1, "fails": 0, "inconclusive": 1}
+    assert t["unfaithful"] == {"holds": 0, "fails": 1, "inconclusive": 0}
+    assert t["unmarked"] == {"holds": 1, "fails": 0, "inconclusive": 0}
     assert t["legacy"] == {"holds": 1, "fails": 0, "inconclusive": 0}
-    assert claims.summary(cs) == ("paper claims: 1 hold, 1 inconclusive, 0 fail; controls 0/1 hold; checks 1/1 hold; "
-                                  "1 claims not yet decided by the shared rule (1 hold by their own test)")
+    assert claims.summary(cs) == (
+        "faithful paper claims: 1 hold, 1 inconclusive, 0 fail; 1 paper claims not faithful (0 hold, 0 inconclusive, "
+        "1 fail); 1 paper claims not yet marked faithful or not (1 hold, 0 inconclusive, 0 fail); controls 0/1 hold; "
+        "checks 1/1 hold; 1 claims not yet decided by the shared rule (1 hold by their own test)")
 
 
 def test_an_unconverted_claim_is_kept_and_counted_apart(in_series):
@@ -138,3 +145,91 @@ def test_paired_names_its_units():
 def test_bootstrap_decisions_are_named_so():
     assert paired([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], method="bootstrap").test == "paired bootstrap, 3 seeds"
     assert exceeds([1.0, 2.0, 3.0], threshold=0, method="bootstrap").test == "bootstrap, 3 seeds"
+
+
+def test_paper_claims_say_whether_their_test_is_faithful(in_series):
+    config.resolve(CONFIGS, "cpu", verbose=False)
+    table = prunebook.Claims("01_demo")
+    d = paired([1, 2, 3], [0, 1, 2])
+    with pytest.raises(ValueError, match="faithful"):
+        table.add("a", "x", "y", paper=1, kind="paper", decision=d)
+    with pytest.raises(ValueError, match="exactly when faithful=False"):
+        table.add("a", "x", "y", paper=1, kind="paper", decision=d, faithful=False)
+    with pytest.raises(ValueError, match="exactly when faithful=False"):
+        table.add("a", "x", "y", paper=1, kind="paper", decision=d, faithful=True, unfaithful_because="why")
+    with pytest.raises(ValueError, match="only paper claims"):
+        table.add("a", "x", "y", paper=1, kind="control", decision=d, faithful=True)
+    c = table.add("a", "x", "y", paper=1, kind="paper", decision=d, faithful=False,
+                  unfaithful_because="a schedule far shorter than the paper's")
+    assert c.faithful is False and "shorter" in c.unfaithful_because
+    assert "no: a schedule" in table.table()["faithful"].iloc[0]
+
+
+def test_paper_claims_pair_over_replicates_only(in_series):
+    config.resolve(CONFIGS, "cpu", verbose=False)
+    table = prunebook.Claims("01_demo")
+    rounds = paired([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], units="timing rounds")
+    with pytest.raises(ValueError, match="not over timing rounds"):
+        table.add("t", "x", "y", paper=1, kind="paper", decision=rounds, faithful=True)
+    with pytest.raises(ValueError, match="not over cells"):      # one part over grid cells is enough to refuse
+        table.add("t", "x", "y", paper=1, kind="paper", faithful=True,
+                  decision=all_of(paired([1, 2, 3], [0, 1, 2]), paired([1, 2, 3], [0, 1, 2], units="cells")))
+    assert table.add("t", "x", "y", paper=1, kind="check", decision=rounds).verdict == "holds"
+    for d in (paired([1, 2, 3], [0, 1, 2], units="trainings"), exact(3, threshold=1),
+              every_run([0.5, 0.49], target=0.5, tolerance=0.01)):
+        table.add(f"ok-{d.units}", "x", "y", paper=1, kind="paper", decision=d, faithful=True)
+
+
+def test_holm_keeps_many_conditions_from_failing_more_easily():
+    # on the other side at 95 % (t interval [−2.42, −0.58]) but not at 1 − 0.05/4 ([−3.06, +0.06])
+    wrong = paired([0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 1.0, 2.0])
+    assert wrong.verdict == "fails"
+    assert wrong.at_level(1 - 0.05 / 4) == "inconclusive"
+    noise = paired([1.0, -1.0, 0.5, -0.5], [0, 0, 0, 0])
+    win = paired([1.0, 1.1, 0.9, 1.0], [0, 0, 0, 0])
+    assert all_of(wrong).verdict == "fails"                    # one condition: no correction
+    four = all_of(wrong, noise, noise, noise)
+    assert four.verdict == "inconclusive" and "Holm over 4 parts" in four.test
+    assert "1 of 4 parts on the other side at 95 %, 0 after Holm" in four.measured
+    clear = paired([0.0, 0.0, 0.0, 0.0], [1.0, 1.01, 0.99, 1.0])  # far on the other side at any level
+    assert all_of(clear, noise, noise, noise).verdict == "fails"
+    assert all_of(win, win, win).verdict == "holds"            # holds needs every part at 95 %, no correction
+    assert all_of(win, noise).verdict == "inconclusive"
+
+
+def test_holm_steps_down():
+    # two parts on the other side: the first at 1 − α/2, the second only at 1 − α once the first is out
+    strong = paired([0.0] * 5, [1.0, 1.01, 0.99, 1.0, 1.0])
+    weak = paired([0.0] * 4, [0.7, 2.3, 1.0, 2.0])
+    assert weak.at_level(1 - 0.05 / 2) == "inconclusive" and weak.at_level(0.95) == "fails"
+    assert claims.holm_failures([strong, weak]) == 2
+    assert claims.holm_failures([weak, weak]) == 0
+
+
+def test_equivalence_and_thresholds_recompute_at_another_level():
+    b = [0.5, 0.6, 0.7, 0.8]
+    near = [x + 0.02 + e for x, e in zip(b, (0.002, -0.002, 0.001, -0.001))]
+    d = equivalent(near, b, margin=0.015)
+    assert d.verdict == "fails" and d.at_level(0.999999) == "inconclusive"
+    e = exceeds([0.86, 0.87, 0.85], threshold=0.80)
+    assert e.at_level(0.95) == "holds" and e.at_level(0.9999) == "inconclusive"
+    assert exact(3, threshold=10).at_level(0.9999) == "fails"
+
+
+def test_compliance_is_decided_run_by_run():
+    assert every_run([0.495, 0.502, 0.509], target=0.5, tolerance=0.01).verdict == "holds"
+    d = every_run([0.495, 0.520, 0.501], target=0.5, tolerance=0.01, scale=100, unit=" points")
+    assert d.verdict == "fails" and d.units == "runs"
+    assert d.measured.startswith("1 of 3 runs outside ±1.00 points of 50.00 points")
+
+
+def test_power_helper_matches_the_t_interval():
+    x = [1.0, 3.0, 1.0, 3.0]                                    # s.d. 2/sqrt(3)
+    mean, lo, hi = interval(x)
+    assert half_width(2 / math.sqrt(3), 4) == pytest.approx(hi - mean)
+    assert half_width(1.0, 1) == math.inf
+    n = seeds_needed(1.0, 0.5)
+    assert half_width(1.0, n) < 0.5 <= half_width(1.0, n - 1)
+    assert seeds_needed(1.0, 1e-4, most=50) == 51
+    with pytest.raises(ValueError, match="positive"):
+        seeds_needed(1.0, 0)

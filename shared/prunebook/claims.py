@@ -1,9 +1,9 @@
 """The claims table that ends every notebook, its results JSON, and the one rule that decides a claim.
 
-    from prunebook.claims import paired, equivalent, exceeds, exact
+    from prunebook.claims import paired, equivalent, exceeds, exact, every_run, all_of
     claims = Claims("05_skip_redesign_ablation")
     claims.add("unetpp-beats-unet", "UNet++ beats U-Net", "Table 3", paper="92.63 vs 90.77", kind="paper",
-               decision=paired(iou_unetpp, iou_unet, side=">", scale=100, unit=" points"))
+               decision=paired(iou_unetpp, iou_unet, side=">", scale=100, unit=" points"), faithful=True)
     claims.add("params", "the model has 9.04 M parameters", "Table 1", paper=9.04, measured=n / 1e6,
                kind="check", holds=abs(n / 1e6 - 9.04) < 0.01)
     claims.save(metrics={...})     # writes results/<profile>/05_skip_redesign_ablation.json
@@ -26,7 +26,23 @@ counts are of paper claims; controls and checks are counted apart.
   reason before the run): the interval of the mean over seeds against the threshold, decided as above.
 - :func:`exact` — a quantity with no seed noise (a count, a deterministic algorithm on a fixed stream): the value
   against the threshold.
-- :func:`all_of` — a claim made of several comparisons holds when all hold and fails when any fails.
+- :func:`every_run` — compliance with a target ("every run lands within 1 point of the size"): decided run by run,
+  holds when every run complies and fails when one does not.
+- :func:`all_of` — a claim made of several comparisons ("at every sparsity"): ``holds`` when every part holds,
+  ``fails`` only when a part lies on the other side after a Holm correction over the parts (many conditions must
+  not make a claim fail more easily), ``inconclusive`` otherwise.
+
+**Replicates.** A ``paper`` claim pairs over independent replicates — seeds, trainings, runs. Timing rounds of
+one model, cells of one grid, tokens or heads of one model are not replicates: a comparison over them (``units=``)
+decides a ``control`` or a ``check``, and :meth:`Claims.add` refuses it for a paper claim.
+
+**Faithful or not.** Every ``paper`` claim says whether its test speaks about the paper (``faithful=True``): the
+procedure that decides it follows the paper's text or official code, in a regime the claim covers, and the test
+can both hold and fail. Otherwise ``faithful=False`` with ``unfaithful_because``; headline counts are of faithful
+paper claims, the others are listed apart with their reason.
+
+**Power.** :func:`half_width` and :func:`seeds_needed` size a design from a pilot's spread: the interval n paired
+seeds give, and the seeds a margin needs (the pilot is not the committed seeds).
 
 At ``smoke`` every verdict is ``smoke`` and ``holds`` is ``None``: a run that small proves nothing either way.
 """
@@ -37,7 +53,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -54,6 +70,7 @@ KINDS = ("paper", "control", "check")
 VERDICTS = ("holds", "fails", "inconclusive", "smoke")
 SIDES = (">", "<")
 LEVEL = 0.95
+REPLICATES = ("seeds", "trainings", "runs", "exact")    # units a paper claim may pair over ("exact": no noise)
 BOOTSTRAP_RESAMPLES = 10_000
 LEGACY = "legacy: the notebook's own test, not yet this rule"
 
@@ -72,10 +89,15 @@ class Decision:
     n: int
     test: str          # how the interval was made, e.g. "paired t, 95 %, 3 seeds"
     measured: str      # the line shown in the claims table
+    units: str = "seeds"   # what the values are replicates of ("seeds", "timing rounds", ...)
+    # the verdict at another confidence level (all_of's Holm correction asks for it)
+    at_level: Callable[[float], str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS[:3]:
             raise ValueError(f"verdict {self.verdict!r}; one of {VERDICTS[:3]}")
+        if self.at_level is None:
+            self.at_level = lambda level: self.verdict
 
 
 def interval(values: Sequence[float], level: float = LEVEL, method: str = "t") -> tuple[float, float, float]:
@@ -149,7 +171,8 @@ def paired(a: Sequence[float], b: Sequence[float], *, side: str = ">", margin: f
     test = _test_name("paired t", len(diff), method, units)
     verdict = _side_verdict(lo, hi, side, margin)
     measured = _describe(mean, lo, hi, len(diff), test, scale, digits, unit, diff, units=units)
-    return Decision(verdict, mean, lo, hi, len(diff), test, measured)
+    return Decision(verdict, mean, lo, hi, len(diff), test, measured, units,
+                    lambda level: _side_verdict(*interval(diff, level, method)[1:], side, margin))
 
 
 def equivalent(a: Sequence[float], b: Sequence[float], *, margin: float, scale: float = 1.0, digits: int = 2,
@@ -159,9 +182,15 @@ def equivalent(a: Sequence[float], b: Sequence[float], *, margin: float, scale: 
     if margin <= 0:
         raise ValueError(f"an equivalence margin must be positive, got {margin}")
     d = paired(a, b, side=">", scale=scale, digits=digits, unit=unit, method=method, units=units)
-    inside = -margin < d.lo and d.hi < margin
-    outside = d.lo > margin or d.hi < -margin
-    d.verdict = "holds" if inside else "fails" if outside else "inconclusive"
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+
+    def verdict_at(level: float) -> str:
+        _, lo, hi = interval(diff, level, method)
+        inside = -margin < lo and hi < margin
+        outside = lo > margin or hi < -margin
+        return "holds" if inside else "fails" if outside else "inconclusive"
+
+    d.verdict, d.at_level = verdict_at(LEVEL), verdict_at
     d.test = d.test.replace("paired t", "paired t, equivalence") if d.n > 1 else d.test
     d.measured = d.measured.replace(" (", f" vs ±{_num(margin, scale, digits, False)}{unit} (", 1)
     return d
@@ -176,7 +205,8 @@ def exceeds(values: Sequence[float], *, threshold: float, side: str = ">", scale
     verdict = _side_verdict(lo, hi, side, threshold)
     measured = _describe(mean, lo, hi, len(x), test, scale, digits, unit, x, sign=False, units=units)
     measured = measured.replace(" (", f" vs {side} {_num(threshold, scale, digits, False)}{unit} (", 1)
-    return Decision(verdict, mean, lo, hi, len(x), test, measured)
+    return Decision(verdict, mean, lo, hi, len(x), test, measured, units,
+                    lambda level: _side_verdict(*interval(x, level, method)[1:], side, threshold))
 
 
 def exact(value: float, *, threshold: float, side: str = ">", scale: float = 1.0, digits: int = 2,
@@ -189,18 +219,92 @@ def exact(value: float, *, threshold: float, side: str = ">", scale: float = 1.0
         verdict = _side_verdict(value, value, side, threshold)
     measured = f"{_num(value, scale, digits, False)}{unit} vs {side}{'=' if inclusive else ''} " \
                f"{_num(threshold, scale, digits, False)}{unit} (no seed noise)"
-    return Decision(verdict, value, value, value, 1, "exact", measured)
+    return Decision(verdict, value, value, value, 1, "exact", measured, "exact")
+
+
+def every_run(values: Sequence[float], *, target: float, tolerance: float, scale: float = 1.0, digits: int = 2,
+              unit: str = "") -> Decision:
+    """Compliance, run by run: ``holds`` when every run lies within ``±tolerance`` of ``target``, ``fails`` when one
+    does not. No interval: the claim is about each run ("every model lands within 1 point of the target")."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) == 0 or not np.isfinite(x).all():
+        raise ValueError(f"need a non-empty list of finite numbers, got {values!r}")
+    gaps = x - target
+    outside = int((np.abs(gaps) > tolerance).sum())
+    verdict = "fails" if outside else "holds"
+    worst = float(gaps[np.argmax(np.abs(gaps))])
+    measured = (f"{outside} of {len(x)} runs outside ±{_num(tolerance, scale, digits, False)}{unit} of "
+                f"{_num(target, scale, digits, False)}{unit}; gap per run "
+                + ", ".join(_num(g, scale, digits) for g in gaps) + f"{unit} (each run decided alone)")
+    return Decision(verdict, worst, float(gaps.min()), float(gaps.max()), len(x),
+                    f"per run, {len(x)} runs", measured, "runs")
+
+
+def holm_failures(decisions: Sequence[Decision], level: float = LEVEL) -> int:
+    """How many of ``decisions`` lie on the other side of the paper after Holm's step-down correction.
+
+    Holm at family level α = 1 − ``level``: with k parts still in play, a part is rejected when its interval at
+    level 1 − α/k lies wholly on the other side; rejected parts leave the family and the next step uses k − 1."""
+    alpha, left, failed = 1 - level, list(decisions), 0
+    while left:
+        out = [d for d in left if d.at_level(1 - alpha / len(left)) == "fails"]
+        if not out:
+            break
+        failed += len(out)
+        left = [d for d in left if all(d is not o for o in out)]
+    return failed
 
 
 def all_of(*decisions: Decision, sep: str = "; ") -> Decision:
-    """Several comparisons that make one claim: ``holds`` if all hold, ``fails`` if any fails."""
+    """Several comparisons that make one claim ("at every sparsity"): ``holds`` when every part holds at 95 %,
+    ``fails`` only when a part lies on the other side after a Holm correction over the parts, ``inconclusive``
+    otherwise. Without the correction a claim over many conditions would fail more easily the more it covers."""
     if not decisions:
         raise ValueError("all_of needs at least one decision")
-    verdicts = {d.verdict for d in decisions}
-    verdict = "fails" if "fails" in verdicts else "holds" if verdicts == {"holds"} else "inconclusive"
+
+    def verdict_at(level: float) -> str:
+        if all(d.at_level(level) == "holds" for d in decisions):
+            return "holds"
+        return "fails" if holm_failures(decisions, level) else "inconclusive"
+
+    verdict = verdict_at(LEVEL)
     worst = min(decisions, key=lambda d: d.lo)
-    return Decision(verdict, worst.mean, worst.lo, worst.hi, min(d.n for d in decisions),
-                    "; ".join(sorted({d.test for d in decisions})), sep.join(d.measured for d in decisions))
+    test = "; ".join(sorted({d.test for d in decisions}))
+    measured = sep.join(d.measured for d in decisions)
+    if len(decisions) > 1:
+        test += f"; Holm over {len(decisions)} parts"
+        unadjusted = sum(d.verdict == "fails" for d in decisions)
+        if unadjusted:
+            measured += (f" [{unadjusted} of {len(decisions)} parts on the other side at 95 %, "
+                         f"{holm_failures(decisions)} after Holm]")
+    units = next((d.units for d in decisions if d.units not in REPLICATES), decisions[0].units)
+    return Decision(verdict, worst.mean, worst.lo, worst.hi, min(d.n for d in decisions), test, measured,
+                    units, verdict_at)
+
+
+# ---------------------------------------------------------------- power
+
+
+def half_width(sd: float, n: int, level: float = LEVEL) -> float:
+    """The half-width of the ``level`` paired-t interval that ``n`` seeds give when the paired differences have
+    standard deviation ``sd`` (a pilot's spread): the smallest gap from the margin a claim can be decided at."""
+    from scipy import stats
+
+    if n < 2:
+        return math.inf
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
+
+
+def seeds_needed(sd: float, margin: float, level: float = LEVEL, most: int = 1000) -> int:
+    """The fewest paired seeds whose interval is narrower than ``margin`` at a pilot's ``sd``: for an equivalence
+    test at a true difference of zero, the margin itself; for a one-sided test, the expected gap plus the margin.
+    ``most`` + 1 when even ``most`` seeds do not reach it."""
+    if margin <= 0:
+        raise ValueError(f"the distance the interval must clear must be positive, got {margin}")
+    for n in range(2, most + 1):
+        if half_width(sd, n, level) < margin:
+            return n
+    return most + 1
 
 
 # ---------------------------------------------------------------- the table and the JSON
@@ -219,6 +323,8 @@ class Claim:
     test: str = ""
     interval: list[float] | None = None
     note: str = ""
+    faithful: bool | None = None       # paper claims only: does the test speak about the paper?
+    unfaithful_because: str = ""
 
 
 @dataclass
@@ -231,9 +337,11 @@ class Claims:
         self.cfg = self.cfg or config.current()
 
     def add(self, id: str, text: str, source: str, paper: Any, measured: Any = None, holds: bool | None = None, *,
-            kind: str | None = None, decision: Decision | None = None, note: str = "") -> Claim:
-        """Record one claim. A ``paper`` claim needs a ``decision`` from this module's rule; a control or check
-        may pass ``holds`` instead (a count, an identity). ``measured`` defaults to the decision's line.
+            kind: str | None = None, decision: Decision | None = None, note: str = "",
+            faithful: bool | None = None, unfaithful_because: str = "") -> Claim:
+        """Record one claim. A ``paper`` claim needs a ``decision`` from this module's rule, over replicates, and
+        ``faithful`` (with ``unfaithful_because`` when False); a control or check may pass ``holds`` instead (a
+        count, an identity) and takes no ``faithful``. ``measured`` defaults to the decision's line.
 
         A claim with no ``kind`` comes from a notebook not yet converted to the rule: it is kept, marked
         ``legacy``, and counted apart from the decided claims."""
@@ -249,9 +357,21 @@ class Claims:
             raise ValueError(f"claim {id!r}: kind={kind!r}; choose one of {', '.join(KINDS)}")
         if (decision is None) == (holds is None):
             raise ValueError(f"claim {id!r}: give exactly one of decision= (the shared rule) or holds=")
-        if kind == "paper" and decision is None:
-            raise ValueError(f"claim {id!r}: a paper claim is decided by prunebook.claims (paired, equivalent, "
-                             "exceeds, exact, all_of), not by holds=")
+        if kind == "paper":
+            if decision is None:
+                raise ValueError(f"claim {id!r}: a paper claim is decided by prunebook.claims (paired, equivalent, "
+                                 "exceeds, exact, every_run, all_of), not by holds=")
+            if decision.units not in REPLICATES:
+                raise ValueError(f"claim {id!r}: a paper claim pairs over replicates ({', '.join(REPLICATES)}), "
+                                 f"not over {decision.units}; make it a check or a control, or decide it over seeds")
+            if not isinstance(faithful, bool):
+                raise ValueError(f"claim {id!r}: say whether the test is faithful to the paper (faithful=True, or "
+                                 "faithful=False with unfaithful_because='why')")
+            if faithful == bool(unfaithful_because.strip()):
+                raise ValueError(f"claim {id!r}: unfaithful_because is the reason a test is not faithful: give it "
+                                 "exactly when faithful=False")
+        elif faithful is not None or unfaithful_because:
+            raise ValueError(f"claim {id!r}: only paper claims are marked faithful or not; a {kind} is ours")
         if decision is not None:
             verdict, test, ci = decision.verdict, decision.test, [decision.lo, decision.hi]
             measured = decision.measured if measured is None else measured
@@ -261,7 +381,7 @@ class Claims:
             verdict = "smoke"
         claim = Claim(id, kind, text, source, _plain(paper), _plain(measured), verdict,
                       None if verdict == "smoke" else verdict == "holds", test,
-                      None if ci is None else [_finite(v) for v in ci], note)
+                      None if ci is None else [_finite(v) for v in ci], note, faithful, unfaithful_because)
         self.claims.append(claim)
         return claim
 
@@ -270,10 +390,12 @@ class Claims:
 
         rows = [
             {"kind": c.kind, "claim": c.text, "source": c.source, "paper": _fmt(c.paper),
-             "measured": _fmt(c.measured), "verdict": c.verdict, "note": c.note}
+             "measured": _fmt(c.measured), "verdict": c.verdict,
+             "faithful": {True: "yes", False: f"no: {c.unfaithful_because}", None: ""}[c.faithful], "note": c.note}
             for c in self.claims
         ]
-        return pd.DataFrame(rows, columns=["kind", "claim", "source", "paper", "measured", "verdict", "note"])
+        return pd.DataFrame(rows, columns=["kind", "claim", "source", "paper", "measured", "verdict", "faithful",
+                                           "note"])
 
     def path(self) -> Path:
         return config.output_dir("results", self.cfg.profile) / f"{self.notebook}.json"
@@ -299,14 +421,29 @@ class Claims:
         return path
 
 
+GROUPS = ("paper", "unfaithful", "unmarked", "control", "check", "legacy")
+
+
+def group_of(claim: dict[str, Any]) -> str:
+    """Where a results-JSON claim is counted: ``paper`` (a faithful paper claim, the headline), ``unfaithful`` (a
+    paper claim whose test does not speak about the paper), ``unmarked`` (a paper claim from a file written before
+    the flag), ``control``, ``check``, or ``legacy``."""
+    if is_legacy(claim):
+        return "legacy"
+    kind = claim.get("kind", "paper")
+    if kind != "paper":
+        return kind
+    return {True: "paper", False: "unfaithful"}.get(claim.get("faithful"), "unmarked")
+
+
 def tally(claims: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Counts by kind and verdict: ``{"paper": {"holds": 3, "inconclusive": 1, "fails": 0}, ...}``."""
-    out = {k: dict.fromkeys(VERDICTS[:3], 0) for k in KINDS}
-    out["legacy"] = dict.fromkeys(VERDICTS[:3], 0)
+    """Counts by group (:func:`group_of`) and verdict: ``{"paper": {"holds": 3, "inconclusive": 1, "fails": 0}, ...}``;
+    ``paper`` counts faithful paper claims only."""
+    out = {g: dict.fromkeys(VERDICTS[:3], 0) for g in GROUPS}
     for c in claims:
         verdict = verdict_of(c)
         if verdict != "smoke":
-            out["legacy" if is_legacy(c) else c.get("kind", "paper")][verdict] += 1
+            out[group_of(c)][verdict] += 1
     return out
 
 
@@ -321,10 +458,16 @@ def is_legacy(claim: dict[str, Any]) -> bool:
 
 
 def summary(claims: Sequence[dict[str, Any]]) -> str:
-    """``paper claims: 3 hold, 1 inconclusive, 0 fail; controls 1/1; checks 2/2``."""
+    """``faithful paper claims: 3 hold, 1 inconclusive, 0 fail; 2 paper claims not faithful (1 hold, 1 fail);
+    controls 1/1 hold; checks 2/2 hold``."""
     t = tally(claims)
     p = t["paper"]
-    parts = [f"paper claims: {p['holds']} hold, {p['inconclusive']} inconclusive, {p['fails']} fail"]
+    parts = [f"faithful paper claims: {p['holds']} hold, {p['inconclusive']} inconclusive, {p['fails']} fail"]
+    for group, label in (("unfaithful", "not faithful"), ("unmarked", "not yet marked faithful or not")):
+        u = t[group]
+        if sum(u.values()):
+            parts.append(f"{sum(u.values())} paper claims {label} ({u['holds']} hold, {u['inconclusive']} "
+                         f"inconclusive, {u['fails']} fail)")
     for kind, label in (("control", "controls"), ("check", "checks")):
         n = sum(t[kind].values())
         if n:
