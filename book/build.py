@@ -196,7 +196,7 @@ def _verdict(claim: dict[str, Any]) -> str:
 
 def _claims_table(rows: list[tuple[dict[str, Any], dict[str, Any]]], links: dict[tuple[str, str], str],
                   with_series: bool) -> str:
-    head = ["notebook", "kind", "claim", "source", "paper", "measured", "verdict"]
+    head = ["notebook", "kind", "claim", "source", "paper", "measured", "verdict", "faithful"]
     out = ['<table class="claims list"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
            + "</tr></thead><tbody>"]
     for r, c in rows:
@@ -206,19 +206,19 @@ def _claims_table(rows: list[tuple[dict[str, Any], dict[str, Any]]], links: dict
         notebook += f'<br><span class="profile">{r["profile"]}</span>'
         kind = c.get("kind", "paper")
         cells = [notebook, kind, *(_value(c[k]) for k in ("text", "source", "paper", "measured"))]
-        out.append(f'<tr class="kind-{kind}">' + "".join(f"<td>{v}</td>" for v in cells) + _verdict(c) + "</tr>")
+        out.append(f'<tr class="kind-{kind}">' + "".join(f"<td>{v}</td>" for v in cells) + _verdict(c)
+                   + f"<td>{_value(cli.faithful_cell(c))}</td></tr>")
     return "\n".join(out) + "\n</tbody></table>\n"
 
 
 def _counts_table(counts: list[dict[str, Any]], series: dict[str, list[Path]]) -> str:
-    head = ["profile", "series", "paper claims held", "inconclusive", "failed", "controls held", "checks held",
-            "not yet under the shared rule"]
+    head = ["profile", "series", *(heading for _, heading in cli.COUNT_COLUMNS)]
     out = ['<table class="claims" id="counts"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
            + "</tr></thead><tbody>"]
     for row in counts:
         name = row["series"]
         cell = f'<a href="notebooks/{name}/README.html">{name}</a>' if name in series else f"<strong>{name}</strong>"
-        values = [row[k] for k in ("held", "inconclusive", "failed", "controls", "checks")] + [row["legacy"] or ""]
+        values = [row[k] for k, _ in cli.COUNT_COLUMNS]
         out.append(f"<tr><td>{row['profile']}</td><td>{cell}</td>"
                    + "".join(f'<td class="num">{v}</td>' for v in values) + "</tr>")
     return "\n".join(out) + "\n</tbody></table>\n"
@@ -230,18 +230,25 @@ def dashboard(root: Path, series: dict[str, list[Path]]) -> str:
     counts = cli.count_rows(results)
     rows = [(r, c) for r, c in cli.claim_rows(results) if r["profile"] != "smoke"]
     links = {(s, nb.stem): f"notebooks/{s}/{nb.stem}.html" for s, nbs in series.items() for nb in nbs}
-    failing = [(r, c) for r, c in rows if claims.verdict_of(c) == "fails"]
+    failing = [(r, c) for r, c in rows if claims.group_of(c) == "paper" and claims.verdict_of(c) == "fails"]
+    unfaithful = [(r, c) for r, c in rows if claims.group_of(c) == "unfaithful"]
     text = ["# Claims dashboard\n",
             "Every claim the notebooks decide, from their results files (`notebooks/<series>/results/<profile>/`), "
             "counted as `prunebook report` counts them. *paper* claims are what the papers state; *control* (our "
             "controls and null models) and *check* (identities, counts, recomputations) are counted apart. One "
             "rule decides every verdict: a 95 % confidence interval over paired seeds on the paper's side of zero "
-            "(`holds`), on the other side (`fails`), or across it (`inconclusive`). Runs at the `smoke` profile "
-            "prove nothing and are left out.\n",
+            "(`holds`), on the other side (`fails`), or across it (`inconclusive`); a claim over several "
+            "conditions fails only after a Holm correction over them. A verdict speaks about the paper only when "
+            "its test is **faithful**: the paper's procedure or official code, in the regime the claim covers, able "
+            "to go either way. The headline counts faithful paper claims; the others are listed apart with the "
+            "reason. Runs at the `smoke` profile prove nothing and are left out.\n",
             "## Claims per series\n",
             _counts_table(counts, series) if counts else "No results yet: run `prunebook run --profile cpu`.\n",
-            f"## Failing claims ({len(failing)})\n",
-            _claims_table(failing, links, True) if failing else "No claim fails.\n",
+            f"## Failing paper claims with a faithful test ({len(failing)})\n",
+            _claims_table(failing, links, True) if failing else "No faithful paper claim fails.\n",
+            f"## Paper claims whose test is not faithful ({len(unfaithful)})\n",
+            "Their verdicts speak about our reconstruction, not about the paper; the last column says why.\n",
+            _claims_table(unfaithful, links, True) if unfaithful else "None.\n",
             "## Every claim\n"]
     for name in series:
         mine = [(r, c) for r, c in rows if r["series"] == name]

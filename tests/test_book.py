@@ -107,18 +107,24 @@ def test_the_site_in_a_browser(book):
         shown = browser.execute_script(
             "return [...document.querySelectorAll('#counts tbody tr')].map(r => [...r.cells].map(c => c.innerText))")
         results = cli.read_results(ROOT)
-        expected = [[row["profile"], row["series"], *(str(row[k]) for k in ("held", "inconclusive", "failed",
-                                                                             "controls", "checks")),
-                     str(row["legacy"] or "")] for row in cli.count_rows(results)]
-        assert shown == expected
+        expected = [[row["profile"], row["series"], *(str(row[k]) for k, _ in cli.COUNT_COLUMNS)]
+                    for row in cli.count_rows(results)]
+        assert [[cell.strip() for cell in row] for row in shown] == expected
+        width = 2 + len(cli.COUNT_COLUMNS)
         report_rows = [line.strip("|").split(" | ") for line in cli.report_markdown(results).splitlines()
-                       if line.startswith("| ") and line.count("|") == 9 and not line.startswith("| profile")]
+                       if line.startswith("| ") and line.count("|") == width + 1 and not line.startswith("| profile")]
         assert [[c.strip().strip("*") for c in row] for row in report_rows] == expected
-        failing = [c for r, c in cli.claim_rows(results) if r["profile"] != "smoke" and claims.verdict_of(c) == "fails"]
+        shown_rows = [(r, c) for r, c in cli.claim_rows(results) if r["profile"] != "smoke"]
+        failing = [c for r, c in shown_rows if claims.group_of(c) == "paper" and claims.verdict_of(c) == "fails"]
+        unfaithful = [c for r, c in shown_rows if claims.group_of(c) == "unfaithful"]
+        every_fail = [c for r, c in shown_rows if claims.verdict_of(c) == "fails"]
         shown_failing = browser.execute_script("return document.querySelectorAll('td.verdict-fails').length")
-        assert shown_failing == 2 * len(failing)  # in the failing claims at the top, and in their series' table
+        # each failing claim in its series' table; the faithful ones again at the top, the unfaithful in their list
+        unfaithful_failing = sum(claims.verdict_of(c) == "fails" for c in unfaithful)
+        assert shown_failing == len(every_fail) + len(failing) + unfaithful_failing
         headings = browser.execute_script("return [...document.querySelectorAll('article h2')].map(h => h.innerText)")
-        assert f"Failing claims ({len(failing)})" in headings[:2]  # near the top
+        assert f"Failing paper claims with a faithful test ({len(failing)})" in headings[:2]  # near the top
+        assert f"Paper claims whose test is not faithful ({len(unfaithful)})" in headings[:3]
 
     for shot in book.screenshots(OUT, OUT / "screenshots"):  # the front page and the dashboard, for a look
         assert shot.stat().st_size > 10_000

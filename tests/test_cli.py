@@ -76,7 +76,7 @@ def test_run_report_and_list_on_a_demo_series(demo_root):
     assert (demo_root / "notebooks/00_demo/figures/smoke/demo_accuracy.png").is_file()
 
     report = prunebook("report", root=demo_root)
-    assert "| 00_demo | 01_demo | smoke | paper |" in report.stdout and "| smoke |\n" in report.stdout
+    assert "| 00_demo | 01_demo | smoke | paper |" in report.stdout and "| smoke | yes |\n" in report.stdout
     assert (demo_root / "runs" / "report.md").is_file()
     assert "smoke: ran" in prunebook("list", root=demo_root).stdout
 

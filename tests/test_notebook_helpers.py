@@ -26,7 +26,7 @@ def test_claims_json_has_the_documented_keys(in_series):
     config.resolve(CONFIGS, "cpu", seed=4, verbose=False)
     claims = prunebook.Claims("01_demo")
     claims.add("a", "accuracy above half", "Table 1", paper=0.9, kind="paper",
-               decision=prunebook.claims.exceeds([0.75, 0.74, 0.76], threshold=0.5))
+               decision=prunebook.claims.exceeds([0.75, 0.74, 0.76], threshold=0.5), faithful=True)
     claims.add("b", "loss below one", "Fig. 2", paper="< 1", measured=1.5, holds=False, kind="check",
                note="too few epochs")
     path = claims.save(metrics={"acc": 0.75})
@@ -37,7 +37,9 @@ def test_claims_json_has_the_documented_keys(in_series):
     assert [c["holds"] for c in result["claims"]] == [True, False]
     assert [c["verdict"] for c in result["claims"]] == ["holds", "fails"]
     assert [c["kind"] for c in result["claims"]] == ["paper", "check"]
-    assert set(result["claims"][0]) >= {"id", "kind", "text", "source", "paper", "measured", "verdict", "holds"}
+    assert set(result["claims"][0]) >= {"id", "kind", "text", "source", "paper", "measured", "verdict", "holds",
+                                        "faithful", "unfaithful_because"}
+    assert [c["faithful"] for c in result["claims"]] == [True, None]
     assert result["claims"][0]["measured"].startswith("0.75, 95 % CI [0.73, 0.77]")
     table = claims.table()
     assert list(table["verdict"]) == ["holds", "fails"]

@@ -417,10 +417,19 @@ def claim_rows(results: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict
     return [(r, c) for r in _ordered(results) for c in r["claims"]]
 
 
+COUNT_COLUMNS = (  # the claim counts' columns, in order: key in count_rows' rows, heading
+    ("held", "faithful paper claims held"), ("inconclusive", "inconclusive"), ("failed", "failed"),
+    ("unfaithful", "paper claims not faithful (held / inconclusive / failed)"), ("controls", "controls held"),
+    ("checks", "checks held"), ("unmarked", "not yet marked faithful or not"),
+    ("legacy", "not yet under the shared rule"))
+
+
 def count_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The claim counts per profile and series (smoke runs prove nothing and are left out), then one row per
-    profile over all series (``series`` is ``"all"``). Paper claims by verdict; controls and checks as held/total;
-    ``legacy``: claims still decided by their notebook's own test."""
+    profile over all series (``series`` is ``"all"``). Faithful paper claims by verdict (the headline); paper
+    claims whose test is not faithful as held / inconclusive / failed; controls and checks as held/total;
+    ``unmarked``: paper claims from files written before the flag; ``legacy``: claims still decided by their
+    notebook's own test."""
     per_series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in _ordered(results):
         if r["profile"] != "smoke":
@@ -435,16 +444,28 @@ def count_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _counts(profile: str, series: str, cs: list[dict[str, Any]]) -> dict[str, Any]:
     t = claims.tally(cs)
-    p = t["paper"]
+    p, u = t["paper"], t["unfaithful"]
     return {"profile": profile, "series": series, "held": p["holds"], "inconclusive": p["inconclusive"],
-            "failed": p["fails"], "controls": f"{t['control']['holds']}/{sum(t['control'].values())}",
-            "checks": f"{t['check']['holds']}/{sum(t['check'].values())}", "legacy": sum(t["legacy"].values())}
+            "failed": p["fails"],
+            "unfaithful": f"{u['holds']} / {u['inconclusive']} / {u['fails']}" if sum(u.values()) else "",
+            "controls": f"{t['control']['holds']}/{sum(t['control'].values())}",
+            "checks": f"{t['check']['holds']}/{sum(t['check'].values())}",
+            "unmarked": sum(t["unmarked"].values()) or "", "legacy": sum(t["legacy"].values()) or ""}
+
+
+def faithful_cell(claim: dict[str, Any]) -> str:
+    """A paper claim's fidelity as the tables show it: ``yes``, ``no: <reason>``, or ``not marked``."""
+    if claim.get("kind", "paper") != "paper":
+        return ""
+    return {True: "yes", False: f"no: {claim.get('unfaithful_because', '')}"}.get(claim.get("faithful"),
+                                                                                  "not marked")
 
 
 def report_markdown(results: list[dict[str, Any]]) -> str:
-    """One table of every claim, then the count of paper claims per series (controls and checks apart)."""
-    lines = ["| series | notebook | profile | kind | claim | source | paper | measured | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One table of every claim, then the counts per series: faithful paper claims first, the paper claims whose
+    test is not faithful apart, controls and checks apart."""
+    lines = ["| series | notebook | profile | kind | claim | source | paper | measured | verdict | faithful |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r, c in claim_rows(results):
         verdict = claims.verdict_of(c)
         shown = verdict if verdict in ("holds", "smoke") else f"**{verdict}**"
@@ -452,17 +473,16 @@ def report_markdown(results: list[dict[str, Any]]) -> str:
             shown += " (own test, not the shared rule)"
         lines.append("| " + " | ".join(_cell(v) for v in (r["series"], r["notebook"], r["profile"],
                                                           c.get("kind", "paper"), c["text"], c["source"],
-                                                          c["paper"], c["measured"])) + f" | {shown} |")
+                                                          c["paper"], c["measured"])) + f" | {shown} | "
+                     + _cell(faithful_cell(c)) + " |")
     out = "\n".join(lines) + "\n"
     counts = count_rows(results)
     if counts:
-        out += ("\n| profile | series | paper claims held | inconclusive | failed | controls held | checks held "
-                "| not yet under the shared rule |\n")
-        out += "|---|---|---:|---:|---:|---:|---:|---:|\n"
+        out += "\n| profile | series | " + " | ".join(head for _, head in COUNT_COLUMNS) + " |\n"
+        out += "|---|---|" + "---:|" * len(COUNT_COLUMNS) + "\n"
         for row in counts:
             series = "**all**" if row["series"] == "all" else row["series"]
-            out += (f"| {row['profile']} | {series} | {row['held']} | {row['inconclusive']} | {row['failed']} "
-                    f"| {row['controls']} | {row['checks']} | {row['legacy'] or ''} |\n")
+            out += f"| {row['profile']} | {series} | " + " | ".join(str(row[k]) for k, _ in COUNT_COLUMNS) + " |\n"
     return out
 
 
