@@ -122,8 +122,8 @@ def test_tally_counts_faithful_paper_claims_apart():
     assert t["unmarked"] == {"holds": 1, "fails": 0, "inconclusive": 0}
     assert t["legacy"] == {"holds": 1, "fails": 0, "inconclusive": 0}
     assert claims.summary(cs) == (
-        "faithful paper claims: 1 hold, 1 inconclusive, 0 fail; 1 paper claims not faithful (0 hold, 0 inconclusive, "
-        "1 fail); 1 paper claims not yet marked faithful or not (1 hold, 0 inconclusive, 0 fail); controls 0/1 hold; "
+        "faithful paper claims: 1 hold, 1 inconclusive, 0 fail; 1 paper claim not faithful (0 hold, 0 inconclusive, "
+        "1 fail); 1 paper claim not yet marked faithful or not (1 hold, 0 inconclusive, 0 fail); controls 0/1 hold; "
         "checks 1/1 hold; 1 claims not yet decided by the shared rule (1 hold by their own test)")
 
 

@@ -465,8 +465,9 @@ def summary(claims: Sequence[dict[str, Any]]) -> str:
     parts = [f"faithful paper claims: {p['holds']} hold, {p['inconclusive']} inconclusive, {p['fails']} fail"]
     for group, label in (("unfaithful", "not faithful"), ("unmarked", "not yet marked faithful or not")):
         u = t[group]
-        if sum(u.values()):
-            parts.append(f"{sum(u.values())} paper claims {label} ({u['holds']} hold, {u['inconclusive']} "
+        n = sum(u.values())
+        if n:
+            parts.append(f"{n} paper claim{'s' * (n > 1)} {label} ({u['holds']} hold, {u['inconclusive']} "
                          f"inconclusive, {u['fails']} fail)")
     for kind, label in (("control", "controls"), ("check", "checks")):
         n = sum(t[kind].values())
