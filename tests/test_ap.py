@@ -50,6 +50,22 @@ def test_alive_only_leaves_out_units_whose_inputs_are_all_pruned():
     assert ap.sequential_producers(mlp) == {"net.2": mlp.net[1], "net.4": mlp.net[3]}
 
 
+def test_channel_level_rate_counts_whole_zero_maps():
+    relu = nn.ReLU()
+    x = torch.zeros(2, 3, 2, 2)
+    x[0, 0, 0, 0] = 1.0  # input 0: channel 0 fires at one position, channels 1 and 2 are all zero
+    x[1, :, 1, 1] = 1.0  # input 1: every channel fires at one position
+    with ap.DeadNeuronMeter(relu) as meter:
+        relu(x)
+    assert meter.rate() == pytest.approx(1 - 4 / 24)              # per element: 4 of 24 outputs fire
+    assert meter.rate(level="channel") == pytest.approx(2 / 6)    # per channel: 2 of 6 (input, channel) maps dead
+    with ap.DeadNeuronMeter(relu) as meter:                       # a linear layer: the readings coincide
+        relu(torch.tensor([[1.0, -1.0, 0.0], [2.0, 3.0, -1.0]]))
+    assert meter.rate(level="channel") == meter.rate() == pytest.approx(3 / 6)
+    with pytest.raises(ValueError):
+        meter.rate(alive_only=True, level="channel")
+
+
 def test_dynamic_dnr_per_epoch_from_fit():
     torch.manual_seed(0)
     net = models.MLP(in_features=16, hidden=(8,), num_classes=2)
@@ -59,6 +75,7 @@ def test_dynamic_dnr_per_epoch_from_fit():
         history = train.fit(net, train_set, epochs=2, batch_size=16, progress_bar=False, val=train_set,
                             callbacks=[meter])
     assert len(meter.epochs) == 2 and [h["dnr"] for h in history] == meter.epochs
+    assert [h["dnr_channel"] for h in history] == meter.epochs_channel == meter.epochs  # linear layers only
     assert all(0 <= h["dnr"] <= 1 for h in history)
 
 
@@ -167,3 +184,28 @@ def test_fast_count_equals_count_nonzero(dtype):
     x = torch.randn(8, 5, 6, 6).relu().to(dtype).contiguous(memory_format=torch.channels_last)
     assert int(ap._nonzero(x)) == int(torch.count_nonzero(x))
     assert ap._nonzero(x, dims=(0, 2, 3)).tolist() == torch.count_nonzero(x, dim=(0, 2, 3)).tolist()
+
+
+def test_code_retrain_revives_pruned_weights_that_carry_momentum():
+    torch.manual_seed(0)
+    net = models.MLP(in_features=4, hidden=(3,), num_classes=2)
+    train_set = data.ImageSet(torch.randn(32, 4), torch.randint(0, 2, (32,)), ("a", "b"), "toy")
+    capture = ap.MomentumCapture(net)
+    train.fit(net, train_set, epochs=1, batch_size=8, progress_bar=False, callbacks=[capture])
+    assert set(capture.buffers) == {n for n, _ in net.named_parameters()}
+    params = prune.prunable(net)
+    prune.global_magnitude(net, 0.5, params)
+    assert set(ap.MomentumCapture(net).names.values()) == set(capture.buffers)  # weight_orig → weight
+    first = params[0][0]
+    pruned = first.weight_mask == 0
+    buffers = {k: v.clone() for k, v in capture.buffers.items()}
+    buffers[[n for n in buffers if n.endswith("weight")][0]][pruned] = 0  # no momentum: stays pruned
+    def build():
+        return models.MLP(in_features=4, hidden=(3,), num_classes=2)
+
+    kept_zero = ap.code_retrain(net, build, buffers, train_set, epochs=1, batch_size=8, lr=0.05, seed=0)
+    assert (kept_zero.net[1].weight[pruned] == 0).all()
+    revived = ap.code_retrain(net, build, capture.buffers, train_set, epochs=1, batch_size=8, lr=0.05, seed=0)
+    moved = capture.buffers[[n for n in buffers if n.endswith("weight")][0]][pruned] != 0
+    assert (revived.net[1].weight[pruned][moved] != 0).all() and moved.any()
+    assert (first.weight[pruned] == 0).all()  # the original network is left as it was
