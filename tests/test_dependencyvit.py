@@ -210,6 +210,38 @@ def test_ablations_remove_the_selector_the_controller_or_later_reversed_blocks()
         D.build("dependencyvit", reversed_layers=7, **SMALL)
 
 
+def test_mean_pooling_ignores_m_and_trace_returns_the_final_tokens():
+    torch.manual_seed(0)
+    images = torch.rand(3, 1, 32, 32)
+    weighted = D.build("dependencyvit", "partshapes", patch=8, **SMALL).eval()
+    mean = D.build("dependencyvit", "partshapes", patch=8, pool="mean", **SMALL).eval()
+    mean.load_state_dict(weighted.state_dict())  # the same weights: pooling has no parameters
+    with torch.no_grad():
+        tr_w, tr_m = weighted.trace(images), mean.trace(images)
+        assert tr_w.tokens.shape == (3, 16, SMALL["dim"]) and torch.equal(tr_w.tokens, tr_m.tokens)
+        x = weighted.norm(tr_w.tokens)
+        assert torch.allclose(tr_w.logits, weighted.head((x * tr_w.ms[-1].unsqueeze(-1)).mean(1)), atol=1e-6)
+        assert torch.allclose(tr_m.logits, mean.head(x.mean(1)), atol=1e-6)
+    with pytest.raises(ValueError, match="pool"):
+        D.build("dependencyvit", pool="max", **SMALL)
+
+
+def test_model_free_baselines_features_and_scores():
+    images = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4)
+    pos = D.patch_features(images, 2, "position")
+    assert pos.shape == (2, 4, 2) and pos[0].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    pix = D.patch_features(images, 2, "pixels")
+    assert pix.shape == (2, 4, 4) and pix[0, 1].tolist() == [2.0, 3.0, 6.0, 7.0]  # the top-right 2×2 patch
+    assert D.patch_features(images, 2, "position + pixels").shape == (2, 4, 6)
+    # a 3×3 grid: the left column one object, the right column another, the middle background; position alone
+    # separates them exactly
+    grid = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    truth = np.tile(np.array([1, 0, 2] * 3), (2, 1))
+    assert D.kmeans_ari(grid, truth, 2, 2, "position") == 1.0
+    with pytest.raises(ValueError, match="feature"):
+        D.patch_features(images, 2, "colour")
+
+
 # ---------------------------------------------------------------- tree readings and scores
 
 

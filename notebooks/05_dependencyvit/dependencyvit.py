@@ -233,13 +233,16 @@ def lite_keep_ratios(steps: int, drop: float) -> tuple[float, ...]:
 class Trace:
     """What a forward pass leaves for the reader: the logits and, for every block l, the dependency mask (B×N_l×N_l,
     rows = parents; for the plain ViT the head-averaged Aᵀ), the cumulative M (B×N_l) and ``positions`` (B×N_l, the
-    patch index of each token still present; pruning only removes tokens after the attention of its block)."""
+    patch index of each token still present; pruning only removes tokens after the attention of its block) and
+    ``tokens``, the tokens after the last block, before the final norm (B×N_last×C: their norms show which tokens
+    carry the content that reaches the pooling)."""
 
     logits: torch.Tensor
     masks: list[torch.Tensor]
     ms: list[torch.Tensor]
     positions: list[torch.Tensor]
     kept: dict[int, torch.Tensor]
+    tokens: torch.Tensor | None = None
 
 
 class ViT(nn.Module):
@@ -257,14 +260,18 @@ class ViT(nn.Module):
     re-implementation; the paper's words are "leaf nodes which rarely send messages").
 
     Ablations: ``reversed_layers`` reverses only the first k blocks (the rest are plain and pass M on unchanged);
-    ``selector=False`` and ``controller=False`` remove the head selector or the message controller."""
+    ``selector=False`` and ``controller=False`` remove the head selector or the message controller; ``pool="mean"``
+    averages the tokens without weighting them by M (the default ``"m"`` weights them)."""
 
     def __init__(self, image_size: int = 28, patch: int = 4, in_channels: int = 1, num_classes: int = 10,
                  dim: int = 96, depth: int = 6, heads: int = 6, mlp_ratio: float = 2.0, reversed: bool = False,
                  tau: float = 0.1, layer_scale: float = 1e-4, prune_at: Sequence[int] = (),
                  keep: Sequence[float] = (), criterion: str = "m", reversed_layers: int | None = None,
-                 selector: bool = True, controller: bool = True):
+                 selector: bool = True, controller: bool = True, pool: str = "m"):
         super().__init__()
+        if pool not in ("m", "mean"):
+            raise ValueError(f"pool={pool!r}; choose 'm' (tokens weighted by M) or 'mean'")
+        self.pool = pool
         if image_size % patch:
             raise ValueError(f"image_size={image_size} is not a multiple of patch={patch}")
         n_reversed = (depth if reversed_layers is None else reversed_layers) if reversed else 0
@@ -301,7 +308,7 @@ class ViT(nn.Module):
 
     def classify(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
-        if self.reversed:
+        if self.reversed and self.pool == "m":
             x = x * m.unsqueeze(-1)
         return self.head(x.mean(1))
 
@@ -321,7 +328,7 @@ class ViT(nn.Module):
                 kept[i] = keep_tokens(prune_score(self.criterion, m, mask), self.keep_counts[i])
                 x, m, pos = (gather_tokens(t, kept[i]) for t in (x, m, pos))
             x = blk.feed(x)
-        return Trace(self.classify(x, m), masks, ms, positions, kept)
+        return Trace(self.classify(x, m), masks, ms, positions, kept, x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.trace(images, need_masks=False).logits
@@ -562,6 +569,51 @@ def chance_levels(layer: np.ndarray, truth: np.ndarray, k: int, rng: np.random.G
         _, random_labels = part_labels(random_tree_mask(len(t), rng), k)
         random_tree.append(agreement(random_labels, t, t > 0)[0])
     return {"null_q975": float(np.quantile(null, 0.975)), "random_tree": float(np.mean(random_tree))}
+
+
+BASELINE_FEATURES = ("position", "pixels", "position + pixels")
+
+
+def patch_features(images: torch.Tensor | np.ndarray, patch: int, feature: str) -> np.ndarray:
+    """Per image and patch (B×N×F), what a model-free grouping may use: the patch's grid ``position`` (row,
+    column), its raw ``pixels`` (patch² values) or both. ``position + pixels``: every column standardised within
+    the image, each group then divided by the square root of its width, so the two groups weigh alike (our
+    choice, fixed before any run)."""
+    if feature not in BASELINE_FEATURES:
+        raise ValueError(f"feature={feature!r}; choose one of {BASELINE_FEATURES}")
+    x = np.asarray(torch.as_tensor(images).float())[:, 0]
+    b, size = x.shape[0], x.shape[-1]
+    side = size // patch
+    pixels = x.reshape(b, side, patch, side, patch).transpose(0, 1, 3, 2, 4).reshape(b, side * side, patch * patch)
+    rows, cols = np.divmod(np.arange(side * side), side)
+    position = np.broadcast_to(np.stack([rows, cols], 1).astype(float), (b, side * side, 2))
+    if feature == "position":
+        return position.copy()
+    if feature == "pixels":
+        return pixels
+    return np.concatenate([position, pixels], axis=2)
+
+
+def kmeans_ari(images: torch.Tensor | np.ndarray, truth: np.ndarray, patch: int, k: int, feature: str) -> float:
+    """The model-free baseline of the tree claims: per image, k-means (``k`` clusters, scikit-learn, fixed seed) on
+    the :func:`patch_features` of the foreground patches (``truth`` > 0), scored by the ARI against ``truth`` like
+    the subtrees; the mean over images."""
+    from sklearn.cluster import KMeans
+
+    feats = patch_features(images, patch, feature)
+    aris = []
+    for f, t in zip(feats, truth):
+        fg = t > 0
+        z = f[fg].astype(float)
+        if feature == "position + pixels":
+            z = (z - z.mean(0)) / np.where(z.std(0) > 0, z.std(0), 1.0)
+            z[:, :2] /= math.sqrt(2)
+            z[:, 2:] /= math.sqrt(z.shape[1] - 2)
+        labels = np.zeros(len(t), int)
+        n_clusters = min(k, len(np.unique(z, axis=0)))
+        labels[fg] = KMeans(n_clusters, n_init=2, random_state=0).fit_predict(z) if n_clusters > 1 else 0
+        aris.append(agreement(labels, t, fg)[0])
+    return float(np.mean(aris))
 
 
 def auroc(score: np.ndarray, truth: np.ndarray) -> float:
