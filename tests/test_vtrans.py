@@ -476,6 +476,8 @@ def test_head_attention_masses():
 def test_crossing_step_and_kept_heads():
     trace = torch.tensor([[[-1.0, -1.0, -1.0]], [[1.0, -1.0, 1.0]], [[1.0, 1.0, -1.0]], [[1.0, 1.0, -1.0]]])
     assert V.crossing_step({"head_trace": trace}).tolist() == [[2, 3, 5]]  # 5: never pruned at the end
+    # the end is the state the pruning phase kept: at step 2 the second head is still kept, the third pruned
+    assert V.crossing_step({"head_trace": trace, "selected_step": 2}).tolist() == [[2, 3, 2]]
     mu = torch.ones(3)
     masks = {"layers.0.head_mask.mu": mu, "layers.0.head_mask.log_sigma2": torch.tensor([-9.0, 5.0, -9.0]),
              "layers.1.head_mask.mu": mu, "layers.1.head_mask.log_sigma2": torch.tensor([-9.0, -9.0, -9.0]),
@@ -484,24 +486,104 @@ def test_crossing_step_and_kept_heads():
     assert V.kept_heads({"masks": masks}).tolist() == [[True, False, True], [False, False, False]]
 
 
-def test_compress_trains_masks_and_stops_inside_the_window():
-    m = tiny(dtype=torch.float32).train()
+def _toy_task(n=24):
     g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(3, 9, (24,), generator=g)
-    ids = [torch.randint(1, SHAPE.vocab, (int(n),), generator=g).tolist() for n in lengths]
-    teacher = torch.randn(24, 3, generator=g)
+    lengths = torch.randint(3, 9, (n,), generator=g)
+    ids = [torch.randint(1, SHAPE.vocab, (int(k),), generator=g).tolist() for k in lengths]
+    return ids, torch.randn(n, 3, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_compress_runs_the_whole_pass_and_keeps_the_best_state_in_the_window():
+    m = tiny(dtype=torch.float32).train()
+    ids, teacher, labels = _toy_task()
     before = [p.detach().clone() for p in m.mask_parameters()]
-    hist = V.compress(m, ids, teacher, target=0.3, steps=6, warmup=3, batch_size=8, seed=0, mask_lr=0.1,
-                      lambda_lr=0.1, kl_weight=1e-3, weight_lr=1e-3, window=(1.0, 1.0))
-    assert len(hist) == 3  # the first step after the warm-up is inside a window this wide
-    assert {"task", "kl", "soft", "hard", "lambda_1", "head_log_alpha"} <= set(hist[0])
+    hist = V.compress(m, ids, teacher, target=0.3, steps=6, warmup=2, batch_size=8, seed=0, mask_lr=0.1,
+                      lambda_lr=0.1, kl_weight=1e-3, weight_lr=1e-3, window=(1.0, 1.0), eval_gap=2,
+                      val=(ids[:8], labels[:8]))
+    assert len(hist) == 6  # the phase runs to the end of its steps (TVA-Prune's trainer)
+    assert {"task", "kl", "soft", "hard", "lambda_1", "head_log_alpha", "val_loss"} <= set(hist[0])
     assert hist[0]["head_log_alpha"].shape == (2, 4)
+    checked = [r for r in hist if r["val_loss"] is not None]
+    assert [r["step"] for r in checked] == [2, 4, 6]  # in the window after the warm-up, at most once every eval_gap steps
+    best = min(checked, key=lambda r: r["val_loss"])
+    assert hist[-1]["selected"] == best["step"]
+    # the state kept is the selected step's: its hard sparsity and validation loss come back
+    m.eval()
+    assert V.sparsity(V.hard_size(m), V.full_size(m)) == best["hard"]
+    assert V._val_loss(m, (ids[:8], labels[:8])) == pytest.approx(best["val_loss"], rel=1e-5)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.mask_parameters()))
+    # a window no check falls in: nothing selected, the last state is kept
+    none = V.compress(tiny(dtype=torch.float32).train(), ids, teacher, target=0.9, steps=4, warmup=1, batch_size=8,
+                      seed=0, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-3, window=(0.0, 0.0), eval_gap=1,
+                      val=(ids[:8], labels[:8]))
+    assert none[-1]["selected"] is None and all(r["val_loss"] is None for r in none)
     frozen = tiny(dtype=torch.float32).train()
     w = frozen.layers[0].ffn.w1.weight.detach().clone()
     V.compress(frozen, ids, teacher, target=0.3, steps=2, warmup=2, batch_size=8, seed=0, mask_lr=0.1,
                lambda_lr=0.1, kl_weight=1e-3)  # weight_lr 0: masks only (Faster-VTrans)
     assert torch.equal(w, frozen.layers[0].ffn.w1.weight)
+
+
+def test_first_version_phase_stops_at_the_first_hard_size_in_the_window():
+    # SETUP_V1 (the committed runs of notebooks 3 and 4): constant rates, no clipping, stop at the first step after
+    # the warm-up whose hard sparsity is inside the window, LayerNorms over every hidden dimension while sampling
+    m = tiny(dtype=torch.float32).train()
+    m.ln_over_kept_in_training = False
+    ids, teacher, _ = _toy_task()
+    hist = V.compress(m, ids, teacher, target=0.3, steps=6, warmup=3, batch_size=8, seed=0, mask_lr=0.1,
+                      lambda_lr=0.1, kl_weight=1e-3, weight_lr=1e-3, window=(1.0, 1.0), select="first-hard",
+                      lr_decay=False, clip=None)
+    assert len(hist) == 3 and hist[-1]["selected"] is None
+    assert V.SETUP_V1["cpu"]["schedule"] == "v1" and "schedule" not in V.SETUP["cpu"]
+
+
+def test_compress_decays_the_mask_learning_rate_to_zero_and_clips():
+    m = tiny(dtype=torch.float32).train()
+    ids, teacher, _ = _toy_task()
+    hist = V.compress(m, ids, teacher, target=0.3, steps=3, warmup=1, batch_size=8, seed=0, mask_lr=0.1,
+                      lambda_lr=0.1, kl_weight=1e-3, clip=1e-9)
+    assert len(hist) == 3
+    # the last step runs at learning rate 0.1·(1 − 2/3) and the first at 0.1: with Adam each moves a mask
+    # parameter by at most about its learning rate
+    m2 = tiny(dtype=torch.float32).train()
+    before = m2.hidden_mask.mu.detach().clone()
+    V.compress(m2, ids, teacher, target=0.3, steps=1, warmup=1, batch_size=8, seed=0, mask_lr=0.1, lambda_lr=0.1,
+               kl_weight=1e-3, clip=1.0)
+    assert (m2.hidden_mask.mu.detach() - before).abs().max() <= 0.1 + 1e-6
+
+
+def test_tva_prune_window_and_kl_multipliers():
+    assert V.window_for(0.5) == (0.008, 0.001) and V.window_for(0.75) == (0.008, 0.006)
+    mult = V.kl_multipliers(0.5, 6)
+    assert mult == {"head": 256.0, "ffn": 1.0, "hidden": 42.0, "layer": 1.0}
+    assert V.kl_multipliers(0.7, 6)["head"] == 512.0
+    m = V.MaskedBert(SHAPE, 16, [4, 4], [24, 24])
+    parts = {"hidden": m.hidden_mask.kl(), "head": sum(lay.head_mask.kl() for lay in m.layers),
+             "ffn": sum(lay.ffn_mask.kl() for lay in m.layers),
+             "layer": sum(lay.attn_gate.kl() + lay.ffn_gate.kl() for lay in m.layers)}
+    expected = sum(mult[k] * v for k, v in parts.items())
+    assert m.kl(mult).item() == pytest.approx(expected.item(), rel=1e-6)
+    cfg = V.SETUP["cpu"]
+    assert V.warmup_steps(cfg, 0.5) == round(0.1 * cfg["steps"]) and V.warmup_steps(cfg, 0.7) == round(0.2 * cfg["steps"])
+    assert V.matched_steps(cfg, {"steps_used": cfg["steps"]}) == 2048 // 16 + cfg["finetune_steps"]
+
+
+def test_training_layernorm_works_over_the_kept_hidden_dimensions():
+    # Training (sampled masks) and deployment must normalise over the same dimensions: with the noise of the kept
+    # units shrunk to nothing, a training-mode forward pass equals the deterministic one and the sliced model.
+    m = tiny(dtype=torch.float64)
+    prune(m.hidden_mask, 1, 5, 11)
+    with torch.no_grad():
+        for mask in m.masks():
+            keep = mask.keep()
+            mask.log_sigma2[keep] = -80.0  # σ ≈ 4e-18 on every kept unit
+    ids, am = batch()
+    with torch.no_grad():
+        deployed = m.eval().set_mask_mode("weighted")(ids, am)
+        trained = m.train().set_mask_mode("sample")(ids, am)  # pruned hidden units stay noisy: μ + σε, σ = e^2.5
+    torch.testing.assert_close(trained, deployed, atol=1e-9, rtol=0)
+    m.eval().set_mask_mode("weighted")
+    assert_sliced_equals_masked(m)
 
 
 def test_paper_setup_errors_and_cache_names(monkeypatch):
@@ -523,3 +605,14 @@ def test_auc_is_the_mann_whitney_share_of_pairs():
     assert V.auc(hi, lo) == pytest.approx(9.5 / 12)
     assert V.auc(hi, lo) == pytest.approx(stats.mannwhitneyu(hi.numpy(), lo.numpy()).statistic / 12)
     assert V.log_alpha(torch.tensor([1.0]), torch.tensor([0.0])).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@needs_minilm
+@needs_reviews
+def test_task_data_holds_validation_sentences_outside_the_training_subset():
+    cfg = dict(V.SETUP["smoke"])
+    d = V.task_data(cfg)
+    assert len(d["val"][0]) == len(d["val"][1]) == cfg["n_val"]
+    train, val = {tuple(x) for x in d["train"][0]}, {tuple(x) for x in d["val"][0]}
+    assert len(train & val) <= 1  # other sentences (MR repeats a handful of texts)
+    assert V.task_data(dict(cfg, n_val=0))["val"][0] == []  # the first version's setup has none
