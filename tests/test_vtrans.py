@@ -524,19 +524,6 @@ def test_compress_runs_the_whole_pass_and_keeps_the_best_state_in_the_window():
     assert torch.equal(w, frozen.layers[0].ffn.w1.weight)
 
 
-def test_first_version_phase_stops_at_the_first_hard_size_in_the_window():
-    # SETUP_V1 (the committed runs of notebooks 3 and 4): constant rates, no clipping, stop at the first step after
-    # the warm-up whose hard sparsity is inside the window, LayerNorms over every hidden dimension while sampling
-    m = tiny(dtype=torch.float32).train()
-    m.ln_over_kept_in_training = False
-    ids, teacher, _ = _toy_task()
-    hist = V.compress(m, ids, teacher, target=0.3, steps=6, warmup=3, batch_size=8, seed=0, mask_lr=0.1,
-                      lambda_lr=0.1, kl_weight=1e-3, weight_lr=1e-3, window=(1.0, 1.0), select="first-hard",
-                      lr_decay=False, clip=None)
-    assert len(hist) == 3 and hist[-1]["selected"] is None
-    assert V.SETUP_V1["cpu"]["schedule"] == "v1" and "schedule" not in V.SETUP["cpu"]
-
-
 def test_compress_decays_the_mask_learning_rate_to_zero_and_clips():
     m = tiny(dtype=torch.float32).train()
     ids, teacher, _ = _toy_task()
@@ -615,4 +602,4 @@ def test_task_data_holds_validation_sentences_outside_the_training_subset():
     assert len(d["val"][0]) == len(d["val"][1]) == cfg["n_val"]
     train, val = {tuple(x) for x in d["train"][0]}, {tuple(x) for x in d["val"][0]}
     assert len(train & val) <= 1  # other sentences (MR repeats a handful of texts)
-    assert V.task_data(dict(cfg, n_val=0))["val"][0] == []  # the first version's setup has none
+    assert V.task_data(dict(cfg, n_val=0))["val"][0] == []

@@ -33,8 +33,7 @@ Our choices, where neither VTrans' abstract and Fig. 1 nor the sources above set
   off, tested), so masks, LayerNorms over kept dimensions and slicing are plain code, whatever the library version.
 - The hidden mask multiplies what every LayerNorm writes into the residual stream (the embeddings' and each
   sublayer's); its columns are pruned in the embedding tables, never vocabulary rows. The LayerNorms work over the
-  kept dimensions only (log α < 0), while sampling as under deterministic masks (CoFi); the first version's runs
-  (``SETUP_V1``, notebook 3) normalised over all of them while sampling.
+  kept dimensions only (log α < 0), while sampling as under deterministic masks (CoFi).
 - Whole layers: one scalar VIB gate per MHA and per FFN sublayer on its output (our reading of Fig. 1's "layer VIB
   mask"). A sublayer whose gate is pruned, or with no head / neuron left, is removed with its LayerNorm (TVA-Prune
   instead keeps a layer's best heads).
@@ -338,21 +337,12 @@ class MaskedBert(nn.Module):
         ids = {id(p) for p in self.mask_parameters()}
         return [p for p in self.parameters() if id(p) not in ids]
 
-    # False only for runs of the first version of notebooks 3 and 4 (``SETUP_V1``), which normalised over all
-    # hidden dimensions while sampling
-    ln_over_kept_in_training = True
-
     def _ln_keep(self) -> torch.Tensor | None:
         """The hidden dimensions every LayerNorm normalises over: the kept ones whenever the hidden mask is on, in
         training (sampled masks) as in deployment, so that the model trained is the model sliced (CoFi's
         ``CoFiLayerNorm`` does the same during training; TVA-Prune's RMSNorm too)."""
         m = self.hidden_mask
-        if m is None:
-            return None
-        mode = m.current_mode()
-        if mode == "weighted" or (mode == "sample" and self.ln_over_kept_in_training):
-            return m.keep()
-        return None
+        return m.keep() if m is not None and m.current_mode() != "off" else None
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         B, L = input_ids.shape
@@ -956,8 +946,7 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
              steps: int, warmup: int, batch_size: int, seed: int, mask_lr: float, lambda_lr: float,
              kl_weight: float, weight_lr: float = 0.0, beta: float = BETA, kl_mult: dict[str, float] | None = None,
              clip: float | None = 1.0, window: tuple[float, float] | None = None, eval_gap: int = 50,
-             val: tuple | None = None, lr_decay: bool = True, select: str = "best-expected",
-             desc: str | None = None) -> list[dict]:
+             val: tuple | None = None, desc: str | None = None) -> list[dict]:
     """The pruning phase, as the authors' VIB trainer runs it (TVA-Prune's ``trainer_vib.py``): masks (and, when
     ``weight_lr`` > 0, the weights: VTrans' Fig. 1, our addition to that trainer) minimise distillation loss +
     γ·Σ mult·KL + λ₁(ŝ − t) + λ₂(ŝ − t)², the λ's maximise it, t warms up linearly to ``target`` (sparsity with
@@ -969,14 +958,8 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
     (masks and weights) is kept; it is restored at the end (TVA-Prune checks every 50 steps). When no check falls inside the window, the last state is kept (our
     fallback; TVA-Prune would save no mask). Returns the history, one row a step (``"hard"``: the hard masks'
     sparsity; ``"head_log_alpha"``: every head's log α, for VIB masks; ``"selected"``: the step kept, on the
-    last row).
-
-    ``select="first-hard"``, with ``lr_decay=False`` and ``clip=None``, is the first version's phase (kept for the
-    committed runs of notebooks 3 and 4, ``SETUP_V1``): constant learning rates, no clipping, and the phase stops at
-    the first step after the warm-up whose **hard** sparsity lies in ``window``."""
+    last row)."""
     from prunebook import progress
-
-    assert select in ("best-expected", "first-hard"), select
 
     torch.manual_seed(seed)
     model.train()
@@ -989,8 +972,7 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
     if weight_lr > 0:
         groups.append({"params": [p for p in model.weight_parameters() if p.requires_grad], "lr": weight_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, (lambda k: max(0.0, 1 - k / steps)) if lr_decay  # linear to 0
-                                              else (lambda k: 1.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1 - k / steps))  # linear decay to 0
     lag = Lagrangian().to(device)
     lag_opt = lagrangian_optimizer(lag, lambda_lr)
     trained = [p for g in groups for p in g["params"]] + list(lag.parameters())
@@ -1019,10 +1001,6 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
                    "lambda_1": lag.lambda_1.item(), "val_loss": None,
                    "head_log_alpha": torch.stack(heads) if heads else None}
             history.append(row)
-        if select == "first-hard":
-            if window is not None and step + 1 >= warmup and -window[0] <= hard - target <= window[1]:
-                break
-            continue
         if (window is not None and step + 1 >= warmup and step + 1 - last_check >= eval_gap
                 and -window[0] <= soft - target <= window[1]):
             last_check = step + 1
@@ -1163,24 +1141,6 @@ SETUP = {
                   eval_gap=50, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-6, clip=1.0, weight_lr=2e-5,
                   finetune_steps=1280, finetune_lr=2e-5, tolerance=0.01),
 }
-# The first version's setup (constant learning rates, γ = 10⁻⁴ on every mask, batches of 16, the phase stopped at the
-# first step whose hard sparsity is inside the window, LayerNorms over all hidden dimensions while sampling): the
-# committed runs of notebooks 3 and 4 were made with it, and rerun from it until they move to SETUP.
-WINDOW_V1 = (0.008, 0.001)
-SETUP_V1 = {
-    "smoke": dict(model="minilm", task="mr", n_train=128, n_test=64, max_len=64, batch_size=16, teacher_steps=8,
-                  teacher_lr=5e-5, steps=12, warmup=6, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=3e-5,
-                  finetune_steps=4, finetune_lr=5e-5, window=WINDOW_V1, tolerance=0.01, schedule="v1"),
-    "cpu": dict(model="minilm", task="mr", n_train=2048, n_test=800, max_len=64, batch_size=16, teacher_steps=128,
-                teacher_lr=5e-5, steps=160, warmup=64, mask_lr=0.1, lambda_lr=0.1, kl_weight=1e-4, weight_lr=3e-5,
-                finetune_steps=64, finetune_lr=5e-5, window=WINDOW_V1, tolerance=0.01, schedule="v1"),
-    "paper": dict(model="bert-base-uncased", task="sst2", n_train=67349, n_test=872, max_len=128, batch_size=16,
-                  teacher_steps=4210, teacher_lr=3e-5, steps=4000, warmup=400, mask_lr=0.1, lambda_lr=0.1,
-                  kl_weight=1e-4, weight_lr=2e-5, finetune_steps=1280, finetune_lr=2e-5, window=WINDOW_V1,
-                  tolerance=0.01, schedule="v1"),
-}
-RUN_KEYS_V1 = ("n_train", "n_test", "max_len", "batch_size", "teacher_steps", "teacher_lr", "steps", "warmup",
-               "mask_lr", "lambda_lr", "kl_weight", "weight_lr", "finetune_steps", "finetune_lr", "window")
 DATA_KEYS = ("n_train", "n_test", "max_len")  # with "model" and "task" (see _pick)
 TEACHER_KEYS = DATA_KEYS + ("batch_size", "teacher_steps", "teacher_lr")
 RUN_KEYS = TEACHER_KEYS + ("n_val", "prune_batch", "steps", "warmup_frac", "eval_gap", "mask_lr", "lambda_lr",
@@ -1302,12 +1262,8 @@ def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS,
     "l0" (:class:`HardConcreteMask`)."""
     from prunebook import cache
 
-    v1 = cfg.get("schedule") == "v1"
-    key = _pick(cfg, RUN_KEYS_V1 if v1 else RUN_KEYS) | {"target": target, "seed": seed, "kinds": sorted(kinds),
-                                                         "mask": mask, "train_weights": train_weights,
-                                                         "fraction": fraction}
-    if not v1:
-        key["code"] = COMPRESS_VERSION
+    key = _pick(cfg, RUN_KEYS) | {"target": target, "seed": seed, "kinds": sorted(kinds), "mask": mask,
+                                  "train_weights": train_weights, "fraction": fraction, "code": COMPRESS_VERSION}
 
     def compute():
         d = task_data(cfg)
@@ -1321,14 +1277,9 @@ def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS,
         common = dict(target=target, steps=cfg["steps"], seed=seed, mask_lr=cfg["mask_lr"],
                       lambda_lr=cfg["lambda_lr"], kl_weight=cfg["kl_weight"] if mask == "vib" else 0.0,
                       weight_lr=cfg["weight_lr"] if train_weights else 0.0, desc=f"{mask} t={target:g} seed {seed}")
-        if v1:
-            model.ln_over_kept_in_training = False
-            hist = compress(model, ids, logits, warmup=cfg["warmup"], batch_size=cfg["batch_size"],
-                            window=cfg["window"], select="first-hard", lr_decay=False, clip=None, **common)
-        else:
-            hist = compress(model, ids, logits, warmup=warmup_steps(cfg, target), batch_size=cfg["prune_batch"],
-                            kl_mult=kl_multipliers(target, len(model.layers)), clip=cfg["clip"],
-                            window=window_for(target), eval_gap=cfg["eval_gap"], val=d["val"], **common)
+        hist = compress(model, ids, logits, warmup=warmup_steps(cfg, target), batch_size=cfg["prune_batch"],
+                        kl_mult=kl_multipliers(target, len(model.layers)), clip=cfg["clip"],
+                        window=window_for(target), eval_gap=cfg["eval_gap"], val=d["val"], **common)
         t_prune = time.perf_counter() - t0
         model.eval().set_mask_mode("weighted")
         counts = kept_counts(model)
@@ -1346,13 +1297,51 @@ def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS,
                 "sparsity": sparsity(count_params(small), full_size(model)), "acc_pruned": acc_pruned,
                 "acc": accuracy(small, *d["test"]), "steps_used": len(hist), "n_examples": len(ids),
                 "selected_step": hist[-1]["selected"], "soft_selected": _soft_at(hist),
-                "seen": len(hist) * cfg["batch_size" if v1 else "prune_batch"]
+                "seen": len(hist) * cfg["prune_batch"]
                 + (cfg["finetune_steps"] * cfg["batch_size"] if train_weights else 0),
                 "wall_prune": t_prune, "wall_finetune": t_finetune,
                 "masks": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                           if "mask" in n or "gate" in n}}
 
     return cache.cached(f"{NAMESPACE}/compress", key, compute)
+
+
+def time_schedules(cfg, *, target: float, seed: int, fraction: float, steps: int = 32, finetune_steps: int = 4,
+                   rounds: int = 2) -> dict[str, float]:
+    """VTrans' and Faster-VTrans' compression schedules timed side by side in one process (not cached): ``rounds``
+    alternations (A B, then B A, ...) of ``steps`` pruning steps of each (VTrans: the training subset, weights and
+    masks; Faster-VTrans: the stratified ``fraction`` of it, masks only) and, for VTrans, ``finetune_steps`` of its
+    finetuning phase on the model it sliced; each phase's median seconds per step is scaled to the profile's whole
+    schedule (``cfg["steps"]`` pruning steps each, plus VTrans' finetuning phase). Returns the two estimated
+    schedule times in seconds and the per-step times."""
+    d = task_data(cfg)
+    ids, labels = d["train"]
+    logits = teacher(cfg)["train_logits"]
+    sub = stratified_subset(labels, round(fraction * len(labels)), seed=seed)
+    arms = {"VTrans": (list(ids), logits, cfg["weight_lr"]), "Faster-VTrans": ([ids[i] for i in sub], logits[sub], 0.0)}
+    per_step = {"VTrans": [], "Faster-VTrans": [], "finetune": []}
+    order = list(arms)
+    for k in range(rounds):
+        for arm in (order if k % 2 == 0 else order[::-1]):
+            a_ids, a_logits, wlr = arms[arm]
+            torch.manual_seed(seed)
+            model = student(cfg).to(_device(cfg))
+            t0 = time.perf_counter()
+            compress(model, a_ids, a_logits, target=target, steps=steps, warmup=warmup_steps(cfg, target),
+                     batch_size=cfg["prune_batch"], seed=seed, mask_lr=cfg["mask_lr"], lambda_lr=cfg["lambda_lr"],
+                     kl_weight=cfg["kl_weight"], kl_mult=kl_multipliers(target, len(model.layers)), clip=cfg["clip"],
+                     weight_lr=wlr, window=None)
+            per_step[arm].append((time.perf_counter() - t0) / steps)
+            if arm == "VTrans":
+                small = slice_model(model.eval().set_mask_mode("weighted"))
+                t1 = time.perf_counter()
+                finetune(small, a_ids, labels, steps=finetune_steps, lr=cfg["finetune_lr"],
+                         batch_size=cfg["batch_size"], seed=seed, teacher_logits=a_logits)
+                per_step["finetune"].append((time.perf_counter() - t1) / finetune_steps)
+    med = {k: float(np.median(v)) for k, v in per_step.items()}
+    return {"VTrans": med["VTrans"] * cfg["steps"] + med["finetune"] * cfg["finetune_steps"],
+            "Faster-VTrans": med["Faster-VTrans"] * cfg["steps"], "step VTrans": med["VTrans"],
+            "step Faster-VTrans": med["Faster-VTrans"], "step finetune": med["finetune"]}
 
 
 def _soft_at(hist: list[dict]) -> float:
