@@ -504,7 +504,8 @@ def test_compress_runs_the_whole_pass_and_keeps_the_best_state_in_the_window():
     assert {"task", "kl", "soft", "hard", "lambda_1", "head_log_alpha", "val_loss"} <= set(hist[0])
     assert hist[0]["head_log_alpha"].shape == (2, 4)
     checked = [r for r in hist if r["val_loss"] is not None]
-    assert [r["step"] for r in checked] == [2, 4, 6]  # in the window after the warm-up, at most once every eval_gap steps
+    # in the window after the warm-up, at most once every eval_gap steps
+    assert [r["step"] for r in checked] == [2, 4, 6]
     best = min(checked, key=lambda r: r["val_loss"])
     assert hist[-1]["selected"] == best["step"]
     # the state kept is the selected step's: its hard sparsity and validation loss come back
@@ -551,7 +552,8 @@ def test_tva_prune_window_and_kl_multipliers():
     expected = sum(mult[k] * v for k, v in parts.items())
     assert m.kl(mult).item() == pytest.approx(expected.item(), rel=1e-6)
     cfg = V.SETUP["cpu"]
-    assert V.warmup_steps(cfg, 0.5) == round(0.1 * cfg["steps"]) and V.warmup_steps(cfg, 0.7) == round(0.2 * cfg["steps"])
+    assert V.warmup_steps(cfg, 0.5) == round(0.1 * cfg["steps"])
+    assert V.warmup_steps(cfg, 0.7) == round(0.2 * cfg["steps"])
     assert V.matched_steps(cfg, {"steps_used": cfg["steps"]}) == 2048 // 16 + cfg["finetune_steps"]
 
 

@@ -955,10 +955,10 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
     parameter and the λ's), and the run goes on to the end of its ``steps``. After the warm-up, whenever the
     **expected** sparsity ŝ lies in ``window`` = (below, above) around the target, at most once every ``eval_gap``
     steps, the model is evaluated on ``val`` (cross-entropy under the deterministic masks) and the best such state
-    (masks and weights) is kept; it is restored at the end (TVA-Prune checks every 50 steps). When no check falls inside the window, the last state is kept (our
-    fallback; TVA-Prune would save no mask). Returns the history, one row a step (``"hard"``: the hard masks'
-    sparsity; ``"head_log_alpha"``: every head's log α, for VIB masks; ``"selected"``: the step kept, on the
-    last row)."""
+    (masks and weights) is kept; it is restored at the end (TVA-Prune checks every 50 steps). When no check falls
+    inside the window, the last state is kept (our fallback; TVA-Prune would save no mask). Returns the history,
+    one row a step (``"hard"``: the hard masks' sparsity; ``"head_log_alpha"``: every head's log α, for VIB
+    masks; ``"selected"``: the step kept, on the last row)."""
     from prunebook import progress
 
     torch.manual_seed(seed)
@@ -1125,8 +1125,8 @@ def latency(model: MaskedBert, batch: dict[str, torch.Tensor], repeats: int = 20
 # `cpu` a batch of 4 makes one pass over 2,048 sentences 512 steps (our choice). TVA-Prune checks the window every
 # 50 of its 4,000 steps; at `cpu` whenever the expected sparsity is in the window, at most once every 10 steps
 # (``eval_gap``): in a pilot (seed 0, checks every 50 steps) it crossed the 0.9-point window within two steps, no
-# check fell in it, and the size went on to 68 %. Validation: ``n_val`` sentences of the training split outside the training subset. Weights are
-# co-trained (Fig. 1), at 3·10⁻⁵.
+# check fell in it, and the size went on to 68 %. Validation: ``n_val`` sentences of the training split outside the
+# training subset. Weights are co-trained (Fig. 1), at 3·10⁻⁵.
 SETUP = {
     "smoke": dict(model="minilm", task="mr", n_train=128, n_test=64, n_val=32, max_len=64, batch_size=16,
                   teacher_steps=8, teacher_lr=5e-5, prune_batch=4, steps=32, warmup_frac=0.1, eval_gap=1,
