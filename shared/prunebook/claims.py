@@ -106,9 +106,7 @@ def interval(values: Sequence[float], level: float = LEVEL, method: str = "t") -
     ``t``: Student's t with n − 1 degrees of freedom. ``bootstrap``: percentile bootstrap over the seeds
     (fixed resampling seed, so the same numbers give the same interval; it is too narrow with few seeds).
     One value has no interval: (−inf, +inf)."""
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 1 or len(x) == 0 or not np.isfinite(x).all():
-        raise ValueError(f"need a non-empty list of finite numbers, got {values!r}")
+    x = _values(values)
     mean = float(x.mean())
     if len(x) == 1:
         return mean, -math.inf, math.inf
@@ -123,6 +121,14 @@ def interval(values: Sequence[float], level: float = LEVEL, method: str = "t") -
         lo, hi = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
         return mean, float(lo), float(hi)
     raise ValueError(f"method={method!r}; choose 't' or 'bootstrap'")
+
+
+def _values(values: Sequence[float]) -> np.ndarray:
+    """One value per seed (or run) as a float array; refuses an empty, nested or non-finite list."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) == 0 or not np.isfinite(x).all():
+        raise ValueError(f"need a non-empty list of finite numbers, got {values!r}")
+    return x
 
 
 def _side_verdict(lo: float, hi: float, side: str, margin: float) -> str:
@@ -226,18 +232,15 @@ def every_run(values: Sequence[float], *, target: float, tolerance: float, scale
               unit: str = "") -> Decision:
     """Compliance, run by run: ``holds`` when every run lies within ``±tolerance`` of ``target``, ``fails`` when one
     does not. No interval: the claim is about each run ("every model lands within 1 point of the target")."""
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 1 or len(x) == 0 or not np.isfinite(x).all():
-        raise ValueError(f"need a non-empty list of finite numbers, got {values!r}")
-    gaps = x - target
+    gaps = _values(values) - target
     outside = int((np.abs(gaps) > tolerance).sum())
     verdict = "fails" if outside else "holds"
     worst = float(gaps[np.argmax(np.abs(gaps))])
-    measured = (f"{outside} of {len(x)} runs outside ±{_num(tolerance, scale, digits, False)}{unit} of "
+    measured = (f"{outside} of {len(gaps)} runs outside ±{_num(tolerance, scale, digits, False)}{unit} of "
                 f"{_num(target, scale, digits, False)}{unit}; gap per run "
                 + ", ".join(_num(g, scale, digits) for g in gaps) + f"{unit} (each run decided alone)")
-    return Decision(verdict, worst, float(gaps.min()), float(gaps.max()), len(x),
-                    f"per run, {len(x)} runs", measured, "runs")
+    return Decision(verdict, worst, float(gaps.min()), float(gaps.max()), len(gaps),
+                    f"per run, {len(gaps)} runs", measured, "runs")
 
 
 def holm_failures(decisions: Sequence[Decision], level: float = LEVEL) -> int:
