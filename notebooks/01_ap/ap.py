@@ -489,11 +489,11 @@ def code_retrain(model: nn.Module, build: Callable[[], nn.Module], buffers: dict
                  train_set: data.ImageSet, *, epochs: int, batch_size: int, lr: float, seed: int, device: str = "cpu",
                  momentum: float = 0.9, weight_decay: float = 5e-4) -> nn.Module:
     """The official code's retraining after a pruning, on a copy of ``model`` (pruned and rewound; ``build`` makes
-    the same architecture, unpruned): the SGD momentum
-    of the previous training goes on (``buffers``), a gradient is zeroed only where its weight is exactly 0, and the
-    mask is never applied again. A just-pruned weight with a non-zero buffer moves on the first step,
-    w ← 0 − lr·μ·v, and from then on trains like any other: the network ends denser than its mask. The schedule is
-    ours (a cosine from ``lr``), the same as every other training of the series."""
+    the same architecture, unpruned): the SGD momentum of the previous training goes on (``buffers``), a gradient
+    is zeroed only where its weight is exactly 0, and the mask is never applied again. A just-pruned weight with a
+    non-zero buffer moves on the first step, w ← 0 − lr·μ·v, and from then on trains like any other: the network
+    ends denser than its mask. The schedule is ours (a cosine from ``lr``), the same as every other training of
+    the series."""
     net = plain_copy(model, build).to(device)  # weight = weight_orig · mask, a plain parameter: no mask from here
     named = dict(net.named_parameters())
     opt = torch.optim.SGD(list(named.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)

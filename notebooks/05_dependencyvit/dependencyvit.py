@@ -576,9 +576,7 @@ BASELINE_FEATURES = ("position", "pixels", "position + pixels")
 
 def patch_features(images: torch.Tensor | np.ndarray, patch: int, feature: str) -> np.ndarray:
     """Per image and patch (B×N×F), what a model-free grouping may use: the patch's grid ``position`` (row,
-    column), its raw ``pixels`` (patch² values) or both. ``position + pixels``: every column standardised within
-    the image, each group then divided by the square root of its width, so the two groups weigh alike (our
-    choice, fixed before any run)."""
+    column), its raw ``pixels`` (patch² values) or both side by side (:func:`kmeans_ari` weighs the two groups)."""
     if feature not in BASELINE_FEATURES:
         raise ValueError(f"feature={feature!r}; choose one of {BASELINE_FEATURES}")
     x = np.asarray(torch.as_tensor(images).float())[:, 0]
@@ -597,7 +595,9 @@ def patch_features(images: torch.Tensor | np.ndarray, patch: int, feature: str) 
 def kmeans_ari(images: torch.Tensor | np.ndarray, truth: np.ndarray, patch: int, k: int, feature: str) -> float:
     """The model-free baseline of the tree claims: per image, k-means (``k`` clusters, scikit-learn, fixed seed) on
     the :func:`patch_features` of the foreground patches (``truth`` > 0), scored by the ARI against ``truth`` like
-    the subtrees; the mean over images."""
+    the subtrees; the mean over images. ``position + pixels``: every column standardised over the image's
+    foreground, each group then divided by the square root of its width, so the two groups weigh alike (our
+    choice, fixed before any run)."""
     from sklearn.cluster import KMeans
 
     feats = patch_features(images, patch, feature)
