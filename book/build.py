@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from prunebook import claims, cli
+from prunebook import claims, cli, report
 
 BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
@@ -189,9 +189,8 @@ def _value(value: Any) -> str:
 
 
 def _verdict(claim: dict[str, Any]) -> str:
-    verdict = claims.verdict_of(claim)
-    legacy = " <small>(own test, not the shared rule)</small>" if claims.is_legacy(claim) else ""
-    return f'<td class="verdict verdict-{verdict}">{verdict}{legacy}</td>'
+    verdict = claim["verdict"]
+    return f'<td class="verdict verdict-{verdict}">{verdict}</td>'
 
 
 def _claims_table(rows: list[tuple[dict[str, Any], dict[str, Any]]], links: dict[tuple[str, str], str],
@@ -207,18 +206,18 @@ def _claims_table(rows: list[tuple[dict[str, Any], dict[str, Any]]], links: dict
         kind = c.get("kind", "paper")
         cells = [notebook, kind, *(_value(c[k]) for k in ("text", "source", "paper", "measured"))]
         out.append(f'<tr class="kind-{kind}">' + "".join(f"<td>{v}</td>" for v in cells) + _verdict(c)
-                   + f"<td>{_value(cli.faithful_cell(c))}</td></tr>")
+                   + f"<td>{_value(report.faithful_cell(c))}</td></tr>")
     return "\n".join(out) + "\n</tbody></table>\n"
 
 
 def _counts_table(counts: list[dict[str, Any]], series: dict[str, list[Path]]) -> str:
-    head = ["profile", "series", *(heading for _, heading in cli.COUNT_COLUMNS)]
+    head = ["profile", "series", *(heading for _, heading in report.COUNT_COLUMNS)]
     out = ['<table class="claims" id="counts"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
            + "</tr></thead><tbody>"]
     for row in counts:
         name = row["series"]
         cell = f'<a href="notebooks/{name}/README.html">{name}</a>' if name in series else f"<strong>{name}</strong>"
-        values = [row[k] for k, _ in cli.COUNT_COLUMNS]
+        values = [row[k] for k, _ in report.COUNT_COLUMNS]
         out.append(f"<tr><td>{row['profile']}</td><td>{cell}</td>"
                    + "".join(f'<td class="num">{v}</td>' for v in values) + "</tr>")
     return "\n".join(out) + "\n</tbody></table>\n"
@@ -226,11 +225,11 @@ def _counts_table(counts: list[dict[str, Any]], series: dict[str, list[Path]]) -
 
 def dashboard(root: Path, series: dict[str, list[Path]]) -> str:
     """The claims dashboard (Markdown with HTML tables), from the same functions as ``prunebook report``."""
-    results = cli.read_results(root)
-    counts = cli.count_rows(results)
-    rows = [(r, c) for r, c in cli.claim_rows(results) if r["profile"] != "smoke"]
+    results = report.read_results(root)
+    counts = report.count_rows(results)
+    rows = [(r, c) for r, c in report.claim_rows(results) if r["profile"] != "smoke"]
     links = {(s, nb.stem): f"notebooks/{s}/{nb.stem}.html" for s, nbs in series.items() for nb in nbs}
-    failing = [(r, c) for r, c in rows if claims.group_of(c) == "paper" and claims.verdict_of(c) == "fails"]
+    failing = [(r, c) for r, c in rows if claims.group_of(c) == "paper" and c["verdict"] == "fails"]
     unfaithful = [(r, c) for r, c in rows if claims.group_of(c) == "unfaithful"]
     text = ["# Claims dashboard\n",
             "Every claim the notebooks decide, from their results files (`notebooks/<series>/results/<profile>/`), "

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from prunebook import claims, cli
+from prunebook import claims, cli, report
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "_build" / "book"
@@ -94,11 +94,11 @@ def test_the_site_in_a_browser(book):
     with book.serve(OUT) as base, book.chromium() as browser:
         browser.set_window_size(1400, 1000)
         for page in pages:
-            report = page_report(browser, base, page)
-            assert not report["severe"], (page, report)
-            assert not report["not loaded"], (page, report)
-            assert not report["broken links"], (page, report)
-            assert report["links"] > 10, (page, report)  # the navigation at least
+            page_seen = page_report(browser, base, page)
+            assert not page_seen["severe"], (page, page_seen)
+            assert not page_seen["not loaded"], (page, page_seen)
+            assert not page_seen["broken links"], (page, page_seen)
+            assert page_seen["links"] > 10, (page, page_seen)  # the navigation at least
         assert page_report(browser, base, "gallery.html")["images"] >= len(list(
             ROOT.glob("notebooks/*/figures/cpu/*.png")))
 
@@ -106,20 +106,20 @@ def test_the_site_in_a_browser(book):
         browser.get(base + "dashboard.html")
         shown = browser.execute_script(
             "return [...document.querySelectorAll('#counts tbody tr')].map(r => [...r.cells].map(c => c.innerText))")
-        results = cli.read_results(ROOT)
-        expected = [[row["profile"], row["series"], *(str(row[k]) for k, _ in cli.COUNT_COLUMNS)]
-                    for row in cli.count_rows(results)]
+        results = report.read_results(ROOT)
+        expected = [[row["profile"], row["series"], *(str(row[k]) for k, _ in report.COUNT_COLUMNS)]
+                    for row in report.count_rows(results)]
         assert [[cell.strip() for cell in row] for row in shown] == expected
-        report = cli.report_markdown(results).split("\n| profile | series |", 1)[1]  # the counts, after the claims
-        report_rows = [line.strip("|").split(" | ") for line in report.splitlines()[2:] if line.startswith("| ")]
+        counts = report.report_markdown(results).split("\n| profile | series |", 1)[1]  # the counts, after the claims
+        report_rows = [line.strip("|").split(" | ") for line in counts.splitlines()[2:] if line.startswith("| ")]
         assert [[c.strip().strip("*") for c in row] for row in report_rows] == expected
-        shown_rows = [(r, c) for r, c in cli.claim_rows(results) if r["profile"] != "smoke"]
-        failing = [c for r, c in shown_rows if claims.group_of(c) == "paper" and claims.verdict_of(c) == "fails"]
+        shown_rows = [(r, c) for r, c in report.claim_rows(results) if r["profile"] != "smoke"]
+        failing = [c for r, c in shown_rows if claims.group_of(c) == "paper" and c["verdict"] == "fails"]
         unfaithful = [c for r, c in shown_rows if claims.group_of(c) == "unfaithful"]
-        every_fail = [c for r, c in shown_rows if claims.verdict_of(c) == "fails"]
+        every_fail = [c for r, c in shown_rows if c["verdict"] == "fails"]
         shown_failing = browser.execute_script("return document.querySelectorAll('td.verdict-fails').length")
         # each failing claim in its series' table; the faithful ones again at the top, the unfaithful in their list
-        unfaithful_failing = sum(claims.verdict_of(c) == "fails" for c in unfaithful)
+        unfaithful_failing = sum(c["verdict"] == "fails" for c in unfaithful)
         assert shown_failing == len(every_fail) + len(failing) + unfaithful_failing
         headings = browser.execute_script("return [...document.querySelectorAll('article h2')].map(h => h.innerText)")
         assert f"Failing paper claims with a faithful test ({len(failing)})" in headings[:2]  # near the top

@@ -1,5 +1,6 @@
 """The one rule that decides claims, on hand-made numbers."""
 
+import json
 import math
 
 import prunebook
@@ -110,30 +111,26 @@ def test_paper_claims_need_the_rule_and_a_kind(in_series):
 
 
 def test_tally_counts_faithful_paper_claims_apart():
-    cs = [{"kind": "paper", "verdict": "holds", "faithful": True},
-          {"kind": "paper", "verdict": "inconclusive", "faithful": True},
-          {"kind": "paper", "verdict": "fails", "faithful": False, "unfaithful_because": "too short a schedule"},
-          {"kind": "paper", "verdict": "holds"},             # written before the flag
-          {"kind": "check", "verdict": "holds"}, {"kind": "control", "verdict": "fails"},
-          {"holds": True}]                                   # a file written before the rule: counted apart
+    cs = [{"id": "a", "kind": "paper", "verdict": "holds", "faithful": True},
+          {"id": "b", "kind": "paper", "verdict": "inconclusive", "faithful": True},
+          {"id": "c", "kind": "paper", "verdict": "fails", "faithful": False, "unfaithful_because": "too short"},
+          {"id": "d", "kind": "check", "verdict": "holds"}, {"id": "e", "kind": "control", "verdict": "fails"},
+          {"id": "f", "kind": "paper", "verdict": "smoke", "faithful": True}]      # smoke proves nothing
     t = claims.tally(cs)
     assert t["paper"] == {"holds": 1, "fails": 0, "inconclusive": 1}
     assert t["unfaithful"] == {"holds": 0, "fails": 1, "inconclusive": 0}
-    assert t["unmarked"] == {"holds": 1, "fails": 0, "inconclusive": 0}
-    assert t["legacy"] == {"holds": 1, "fails": 0, "inconclusive": 0}
     assert claims.summary(cs) == (
         "faithful paper claims: 1 hold, 1 inconclusive, 0 fail; 1 paper claim not faithful (0 hold, 0 inconclusive, "
-        "1 fail); 1 paper claim not yet marked faithful or not (1 hold, 0 inconclusive, 0 fail); controls 0/1 hold; "
-        "checks 1/1 hold; 1 claims not yet decided by the shared rule (1 hold by their own test)")
+        "1 fail); controls 0/1 hold; checks 1/1 hold")
 
 
-def test_an_unconverted_claim_is_kept_and_counted_apart(in_series):
+def test_a_paper_claim_without_its_flag_is_refused(in_series):
     config.resolve(CONFIGS, "cpu", verbose=False)
     table = prunebook.Claims("01_demo")
-    c = table.add("old", "x", "y", paper=1, measured=1, holds=True)
-    assert c.kind == "paper" and c.verdict == "holds" and c.test == claims.LEGACY
-    t = claims.tally([{"kind": c.kind, "verdict": c.verdict, "test": c.test}])
-    assert t["paper"]["holds"] == 0 and t["legacy"]["holds"] == 1
+    with pytest.raises(ValueError, match="kind=None"):
+        table.add("old", "x", "y", paper=1, measured=1, holds=True)
+    with pytest.raises(ValueError, match="faithful"):
+        claims.tally([{"id": "old", "kind": "paper", "verdict": "holds"}])
 
 
 def test_paired_names_its_units():
@@ -233,3 +230,16 @@ def test_power_helper_matches_the_t_interval():
     assert seeds_needed(1.0, 1e-4, most=50) == 51
     with pytest.raises(ValueError, match="positive"):
         seeds_needed(1.0, 0)
+
+
+def test_results_name_the_code_that_made_them(in_series):
+    (in_series / "method.py").write_text("ALPHA = 1\n")
+    config.resolve(CONFIGS, "cpu", verbose=False)
+    table = prunebook.Claims("01_demo")
+    table.add("c", "x", "y", paper=1, kind="check", holds=True)
+    first = json.loads(table.save().read_text())["code"]
+    assert first["commit"].startswith("unknown") and first["method"] == "method.py"
+    (in_series / "method.py").write_text("ALPHA = 2\n")           # one changed constant changes the hash
+    second = claims.provenance(in_series)
+    assert second["method_sha256"] != first["method_sha256"]
+    assert second["prunebook_sha256"] == first["prunebook_sha256"] and len(second["method_sha256"]) == 16

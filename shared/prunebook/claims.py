@@ -49,8 +49,10 @@ At ``smoke`` every verdict is ``smoke`` and ``holds`` is ``None``: a run that sm
 
 from __future__ import annotations
 
+import hashlib
 import math
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -72,7 +74,6 @@ SIDES = (">", "<")
 LEVEL = 0.95
 REPLICATES = ("seeds", "trainings", "runs", "exact")    # units a paper claim may pair over ("exact": no noise)
 BOOTSTRAP_RESAMPLES = 10_000
-LEGACY = "legacy: the notebook's own test, not yet this rule"
 
 
 # ---------------------------------------------------------------- the rule
@@ -147,32 +148,38 @@ def _num(v: float, scale: float, digits: int, sign: bool = True) -> str:
 
 
 def _describe(mean: float, lo: float, hi: float, n: int, test: str, scale: float, digits: int, unit: str,
-              per_seed: Sequence[float] | None, sign: bool = True, units: str = "seeds") -> str:
+              per_seed: Sequence[float] | None, sign: bool = True, units: str = "seeds", against: str = "") -> str:
+    """``mean, 95 % CI [lo, hi] <against> (test; per seed …)``; ``against`` names the margin or threshold."""
     text = f"{_num(mean, scale, digits, sign)}{unit}"
     if n > 1:
         text += f", 95 % CI [{_num(lo, scale, digits, sign)}, {_num(hi, scale, digits, sign)}]"
-    text += f" ({test}"
+    text += f"{against} ({test}"
     if per_seed is not None and 1 < len(per_seed) <= 12:
         text += f"; per {units.removesuffix('s')} " + ", ".join(_num(v, scale, digits, sign) for v in per_seed)
     return text + ")"
 
 
-def _test_name(kind: str, n: int, method: str, units: str = "seeds") -> str:
+def _test_name(kind: str, n: int, method: str, units: str = "seeds", what: str = "") -> str:
     if n == 1:
         return f"one {units.removesuffix('s')}: no interval"
     # "paired t" / "t", or with a bootstrap "paired bootstrap" / "bootstrap"
     name = kind if method == "t" else " ".join([w for w in kind.split() if w != "t"] + ["bootstrap"])
-    return f"{name}, {n} {units}"
+    return f"{name}{what}, {n} {units}"
+
+
+def _pair(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    """``a − b``, seed by seed."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired arms need one value per seed each; got {len(a)} and {len(b)}")
+    return a - b
 
 
 def paired(a: Sequence[float], b: Sequence[float], *, side: str = ">", margin: float = 0.0, scale: float = 1.0,
            digits: int = 2, unit: str = "", method: str = "t", units: str = "seeds") -> Decision:
     """Is ``a − b`` on the paper's ``side`` of ``margin``? ``a[i]`` and ``b[i]`` come from the same seed (or the
     same other unit of pairing, named by ``units``: "cells", "timing rounds")."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired arms need one value per seed each; got {len(a)} and {len(b)}")
-    diff = a - b
+    diff = _pair(a, b)
     mean, lo, hi = interval(diff, method=method)
     test = _test_name("paired t", len(diff), method, units)
     verdict = _side_verdict(lo, hi, side, margin)
@@ -187,8 +194,7 @@ def equivalent(a: Sequence[float], b: Sequence[float], *, margin: float, scale: 
     outside, ``inconclusive`` when it straddles an edge."""
     if margin <= 0:
         raise ValueError(f"an equivalence margin must be positive, got {margin}")
-    d = paired(a, b, side=">", scale=scale, digits=digits, unit=unit, method=method, units=units)
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    diff = _pair(a, b)
 
     def verdict_at(level: float) -> str:
         _, lo, hi = interval(diff, level, method)
@@ -196,10 +202,11 @@ def equivalent(a: Sequence[float], b: Sequence[float], *, margin: float, scale: 
         outside = lo > margin or hi < -margin
         return "holds" if inside else "fails" if outside else "inconclusive"
 
-    d.verdict, d.at_level = verdict_at(LEVEL), verdict_at
-    d.test = d.test.replace("paired t", "paired t, equivalence") if d.n > 1 else d.test
-    d.measured = d.measured.replace(" (", f" vs ±{_num(margin, scale, digits, False)}{unit} (", 1)
-    return d
+    mean, lo, hi = interval(diff, method=method)
+    test = _test_name("paired t", len(diff), method, units, what=", equivalence")
+    measured = _describe(mean, lo, hi, len(diff), test, scale, digits, unit, diff, units=units,
+                         against=f" vs ±{_num(margin, scale, digits, False)}{unit}")
+    return Decision(verdict_at(LEVEL), mean, lo, hi, len(diff), test, measured, units, verdict_at)
 
 
 def exceeds(values: Sequence[float], *, threshold: float, side: str = ">", scale: float = 1.0, digits: int = 2,
@@ -209,8 +216,8 @@ def exceeds(values: Sequence[float], *, threshold: float, side: str = ">", scale
     mean, lo, hi = interval(x, method=method)
     test = _test_name("t", len(x), method, units)
     verdict = _side_verdict(lo, hi, side, threshold)
-    measured = _describe(mean, lo, hi, len(x), test, scale, digits, unit, x, sign=False, units=units)
-    measured = measured.replace(" (", f" vs {side} {_num(threshold, scale, digits, False)}{unit} (", 1)
+    measured = _describe(mean, lo, hi, len(x), test, scale, digits, unit, x, sign=False, units=units,
+                         against=f" vs {side} {_num(threshold, scale, digits, False)}{unit}")
     return Decision(verdict, mean, lo, hi, len(x), test, measured, units,
                     lambda level: _side_verdict(*interval(x, level, method)[1:], side, threshold))
 
@@ -344,18 +351,9 @@ class Claims:
             faithful: bool | None = None, unfaithful_because: str = "") -> Claim:
         """Record one claim. A ``paper`` claim needs a ``decision`` from this module's rule, over replicates, and
         ``faithful`` (with ``unfaithful_because`` when False); a control or check may pass ``holds`` instead (a
-        count, an identity) and takes no ``faithful``. ``measured`` defaults to the decision's line.
-
-        A claim with no ``kind`` comes from a notebook not yet converted to the rule: it is kept, marked
-        ``legacy``, and counted apart from the decided claims."""
+        count, an identity) and takes no ``faithful``. ``measured`` defaults to the decision's line."""
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim id {id!r} is used twice in {self.notebook}")
-        if kind is None and decision is None and holds is not None:
-            verdict = "smoke" if self.cfg.profile == "smoke" else "holds" if holds else "fails"
-            claim = Claim(id, "paper", text, source, _plain(paper), _plain(measured), verdict,
-                          None if verdict == "smoke" else verdict == "holds", LEGACY, None, note)
-            self.claims.append(claim)
-            return claim
         if kind not in KINDS:
             raise ValueError(f"claim {id!r}: kind={kind!r}; choose one of {', '.join(KINDS)}")
         if (decision is None) == (holds is None):
@@ -412,6 +410,7 @@ class Claims:
             "seed": self.cfg.seed,
             "wall_s": round(time.time() - getattr(self.cfg, "started", time.time()), 1),
             "versions": versions(self.cfg.device),
+            "code": provenance(config.series_dir()),
             "config": {k: v for k, v in self.cfg.items() if k not in ("data_root",)},
             "claims": [asdict(c) for c in self.claims],
             "metrics": _plain(metrics or {}),
@@ -424,19 +423,17 @@ class Claims:
         return path
 
 
-GROUPS = ("paper", "unfaithful", "unmarked", "control", "check", "legacy")
+GROUPS = ("paper", "unfaithful", "control", "check")
 
 
 def group_of(claim: dict[str, Any]) -> str:
     """Where a results-JSON claim is counted: ``paper`` (a faithful paper claim, the headline), ``unfaithful`` (a
-    paper claim whose test does not speak about the paper), ``unmarked`` (a paper claim from a file written before
-    the flag), ``control``, ``check``, or ``legacy``."""
-    if is_legacy(claim):
-        return "legacy"
-    kind = claim.get("kind", "paper")
-    if kind != "paper":
-        return kind
-    return {True: "paper", False: "unfaithful"}.get(claim.get("faithful"), "unmarked")
+    paper claim whose test does not speak about the paper), ``control`` or ``check``."""
+    if claim["kind"] != "paper":
+        return claim["kind"]
+    if not isinstance(claim.get("faithful"), bool):
+        raise ValueError(f"paper claim {claim['id']!r} does not say whether its test is faithful: rerun its notebook")
+    return "paper" if claim["faithful"] else "unfaithful"
 
 
 def tally(claims: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -444,20 +441,9 @@ def tally(claims: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
     ``paper`` counts faithful paper claims only."""
     out = {g: dict.fromkeys(VERDICTS[:3], 0) for g in GROUPS}
     for c in claims:
-        verdict = verdict_of(c)
-        if verdict != "smoke":
-            out[group_of(c)][verdict] += 1
+        if c["verdict"] != "smoke":
+            out[group_of(c)][c["verdict"]] += 1
     return out
-
-
-def verdict_of(claim: dict[str, Any]) -> str:
-    """A results-JSON claim's verdict; a file written before verdicts existed has only ``holds``."""
-    return claim.get("verdict") or {True: "holds", False: "fails"}.get(claim.get("holds"), "smoke")
-
-
-def is_legacy(claim: dict[str, Any]) -> bool:
-    """A claim decided by its notebook's own test (a file written before this rule, or an unconverted call)."""
-    return "kind" not in claim or claim.get("test") == LEGACY
 
 
 def summary(claims: Sequence[dict[str, Any]]) -> str:
@@ -466,19 +452,15 @@ def summary(claims: Sequence[dict[str, Any]]) -> str:
     t = tally(claims)
     p = t["paper"]
     parts = [f"faithful paper claims: {p['holds']} hold, {p['inconclusive']} inconclusive, {p['fails']} fail"]
-    for group, label in (("unfaithful", "not faithful"), ("unmarked", "not yet marked faithful or not")):
-        u = t[group]
-        n = sum(u.values())
-        if n:
-            parts.append(f"{n} paper claim{'s' * (n > 1)} {label} ({u['holds']} hold, {u['inconclusive']} "
-                         f"inconclusive, {u['fails']} fail)")
+    u = t["unfaithful"]
+    n = sum(u.values())
+    if n:
+        parts.append(f"{n} paper claim{'s' * (n > 1)} not faithful ({u['holds']} hold, {u['inconclusive']} "
+                     f"inconclusive, {u['fails']} fail)")
     for kind, label in (("control", "controls"), ("check", "checks")):
         n = sum(t[kind].values())
         if n:
             parts.append(f"{label} {t[kind]['holds']}/{n} hold")
-    n = sum(t["legacy"].values())
-    if n:
-        parts.append(f"{n} claims not yet decided by the shared rule ({t['legacy']['holds']} hold by their own test)")
     return "; ".join(parts)
 
 
@@ -494,6 +476,31 @@ def versions(device: str = "cpu") -> dict[str, str]:
     out["device"] = torch.cuda.get_device_name() if device.startswith("cuda") else f"{device} ({_cpu_name()})"
     out["threads"] = str(torch.get_num_threads())
     return out
+
+
+def provenance(series: Path) -> dict[str, str]:
+    """What code made a result: the commit (``git describe --always --dirty``; ``-dirty`` when the checkout had
+    uncommitted edits) and a hash of the series' method code (its ``.py`` files) and of this package, so a result
+    can be matched to its code even from a dirty checkout."""
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=series, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown (not a git checkout)"
+    method = sorted(p for p in series.rglob("*.py") if ".ipynb_checkpoints" not in p.parts and
+                    "__pycache__" not in p.parts)
+    return {"commit": commit,
+            "method": ", ".join(str(p.relative_to(series)) for p in method),
+            "method_sha256": _sha256(method),
+            "prunebook_sha256": _sha256(sorted(Path(__file__).parent.glob("*.py")))}
+
+
+def _sha256(paths: Sequence[Path]) -> str:
+    """The first 16 hex digits of one SHA-256 over the files' names and bytes, in the given order."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def _cpu_name() -> str:
