@@ -1,4 +1,4 @@
-"""Unit tests of notebooks/04_vtrans/vtrans.py: the VIB mask, the size proxy and the Lagrangian, slicing, the loaders.
+"""Unit tests of notebooks/04_vtrans/vtrans/: the VIB mask, the size proxy and the Lagrangian, slicing, the loaders.
 
 Most tests use a tiny randomly initialised BERT (fast); the offline MiniLM-L6 and data wheels are used where the
 test is about them, and those tests skip when the wheels are not installed.
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import vtrans as V
+from prunebook import data
 
 # sliced vs masked logits: float64 makes the comparison exact up to rounding; float32 is what the notebooks run
 TOL64, TOL32 = 1e-10, 1e-5
@@ -301,6 +302,18 @@ def test_stratified_split_is_disjoint_and_balanced():
     assert not np.array_equal(te, V.stratified_split(labels, 0.2, seed=1)[1])
 
 
+def test_stratified_subset_is_the_series_own_draw():
+    # prunebook.data.stratified_indices draws other indices (see vtrans/data.py): the series keeps its own, and
+    # these are the indices it draws (the committed results were computed on them)
+    y = torch.as_tensor(np.repeat([0, 1], [60, 40]))
+    ours = V.stratified_subset(y, 20, seed=0)
+    assert ours.tolist() == [2, 4, 8, 10, 16, 20, 27, 34, 42, 51, 52, 57, 61, 65, 76, 80, 81, 84, 93, 99]
+    assert not np.array_equal(ours, data.stratified_indices(y, 20, seed=0).numpy())
+    # each class's share is rounded (half to even): 5 of [5, 5] gives 2 + 2, where prunebook's gives exactly 5
+    assert len(V.stratified_subset(torch.as_tensor([0] * 5 + [1] * 5), 5)) == 4
+    assert len(V.stratified_subset(y, 200)) == 100  # all, in order, when n reaches the size
+
+
 # ---------------------------------------------------------------- offline data and model
 
 
@@ -511,7 +524,7 @@ def test_compress_runs_the_whole_pass_and_keeps_the_best_state_in_the_window():
     # the state kept is the selected step's: its hard sparsity and validation loss come back
     m.eval()
     assert V.sparsity(V.hard_size(m), V.full_size(m)) == best["hard"]
-    assert V._val_loss(m, (ids[:8], labels[:8])) == pytest.approx(best["val_loss"], rel=1e-5)
+    assert V.train._val_loss(m, (ids[:8], labels[:8])) == pytest.approx(best["val_loss"], rel=1e-5)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.mask_parameters()))
     # a window no check falls in: nothing selected, the last state is kept
     none = V.compress(tiny(dtype=torch.float32).train(), ids, teacher, target=0.9, steps=4, warmup=1, batch_size=8,
@@ -582,8 +595,10 @@ def test_paper_setup_errors_and_cache_names(monkeypatch):
     with pytest.raises(FileNotFoundError, match="model='minilm'"):
         V.load_tokenizer("no-such-org/no-such-model")
     cpu, paper = V.SETUP["cpu"], V.SETUP["paper"]
-    assert "model" not in V._pick(cpu, V.DATA_KEYS)  # the default setup keeps its cache names
-    assert V._pick(paper, V.DATA_KEYS)["model"] == "bert-base-uncased" and V._pick(paper, V.DATA_KEYS)["task"] == "sst2"
+    assert V.runs._pick(cpu, V.DATA_KEYS) == {"model": "minilm", "task": "mr", "n_train": 2048, "n_test": 800,
+                                             "max_len": 64}
+    assert V.runs._pick(paper, V.DATA_KEYS)["model"] == "bert-base-uncased"
+    assert V.runs._pick(paper, V.DATA_KEYS)["task"] == "sst2"
 
 
 def test_auc_is_the_mann_whitney_share_of_pairs():
