@@ -357,3 +357,78 @@ def test_label_combination_predicts_the_winning_labelset_where_rivers_encoder_fl
     assert ours.n_labelsets == 3
     assert ours.predict_one({"x": 1.0}) == labelsets[0]          # the first class wins the tie
     assert river_lp.predict_one({"x": 1.0}) == {"a": False, "b": True}   # labelset 0 with every label flipped
+
+
+# ------------------------------------------------------------------ stream orders, drift resets, tuning
+
+
+def test_permuted_keeps_the_instances_and_order_zero_is_the_file_order():
+    s = ihomer.drifting_blocks(200, drift_at=None, seed=1)
+    assert s.permuted(0) is s
+    p, q = s.permuted(3), s.permuted(3)
+    assert np.array_equal(p.X, q.X) and not np.array_equal(p.X, s.X)
+    rows = sorted(map(tuple, np.c_[s.X, s.Y].round(9).tolist()))
+    assert rows == sorted(map(tuple, np.c_[p.X, p.Y].round(9).tolist()))
+
+
+class _Constant(base.MultiLabelClassifier):
+    """Predicts every label off; counts the instances it learnt."""
+
+    def __init__(self):
+        self.n = 0
+
+    def learn_one(self, x, y):
+        self.n += 1
+
+    def predict_one(self, x, **kwargs):
+        return {}
+
+
+def test_drift_reset_restarts_the_whole_model_on_a_rise_of_its_error():
+    m = ihomer.DriftReset(_Constant)
+    for t in range(3000):   # labels off (no error), then always on (error 1): ADWIN sees the rise
+        m.learn_one({"f": 0.0}, {"a": t >= 1500, "b": False})
+    assert m.resets and m.resets[0][1] is None and 1500 < m.resets[0][0] < 1700
+    assert m.model.n < 1500
+
+
+def test_drift_reset_per_label_restarts_only_the_drifting_label():
+    from river.multioutput import PerOutputClassifier
+    from river.naive_bayes import GaussianNB
+
+    m = ihomer.DriftReset(lambda: PerOutputClassifier(GaussianNB()), per_label=True)
+    rng = np.random.default_rng(0)
+    for t in range(3000):   # label a flips its relation to the feature at 1500; b never changes
+        v = float(rng.random())
+        m.learn_one({"f": v}, {"a": (v > 0.5) != (t >= 1500), "b": v > 0.5})
+    assert m.resets and {label for _, label in m.resets} == {"a"}
+
+
+def test_thresholded_regressor_predicts_labels_at_or_above_the_threshold():
+    class Fixed:
+        def learn_one(self, x, y):
+            self.y = y
+
+        def predict_one(self, x):
+            return {"a": 0.5, "b": 0.49}
+
+    m = ihomer.ThresholdedRegressor(Fixed())
+    m.learn_one({}, {"a": True, "b": False})
+    assert m.regressor.y == {"a": 1.0, "b": 0.0}
+    assert m.predict_one({}) == {"a": True, "b": False}
+
+
+def test_tune_n_min_takes_the_smallest_value_that_passes_on_every_tuning_stream(monkeypatch):
+    ari = {(100, 7): (0.9, 0.3), (100, 8): (1.0, 1.0), (300, 7): (0.9, 0.7), (300, 8): (1.0, 0.9),
+           (500, 7): (1.0, 1.0), (500, 8): (1.0, 1.0)}
+
+    def fake(seed, n, drift_at, n_min, **kw):
+        before, after = ari[n_min, seed]
+        return {"t": [drift_at, n], "ari": [before, after]}
+
+    monkeypatch.setattr(ihomer, "cached_trace", fake)
+    chosen, rows = ihomer.tune_n_min([100, 300, 500], [7, 8], 1000, 500, 0.8, 0.6)
+    assert chosen == 300 and len(rows) == 6
+    ari[300, 7] = (0.5, 0.5)
+    ari[500, 7] = (0.5, 0.5)   # none passes: the largest mean ARI (100: 0.8, 300: 0.725, 500: 0.75)
+    assert ihomer.tune_n_min([100, 300, 500], [7, 8], 1000, 500, 0.8, 0.6)[0] == 100

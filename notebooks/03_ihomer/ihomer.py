@@ -74,6 +74,15 @@ class MLStream:
         """The first ``n`` instances (the whole stream if it is shorter)."""
         return MLStream(self.name, self.X[:n], self.Y[:n], self.feature_names, self.label_names, dict(self.info))
 
+    def permuted(self, order: int) -> MLStream:
+        """The same instances in another order: ``order`` 0 is the stream as it is (the file order), ``order`` k > 0 a
+        permutation drawn with seed k. Stream orders are the replicates of a learner that draws no random numbers."""
+        if order == 0:
+            return self
+        idx = np.random.default_rng(order).permutation(len(self))
+        return MLStream(self.name, self.X[idx], self.Y[idx], self.feature_names, self.label_names,
+                        {**self.info, "order": order})
+
     def records(self) -> list[tuple[dict, dict]]:
         """The stream as river wants it: ``(x, y)`` dicts, built once and kept."""
         if self._records is None:
@@ -819,6 +828,98 @@ def baselines(seed: int = 0) -> dict[str, Callable[[], base.MultiLabelClassifier
     }
 
 
+# The paper's baselines (its tables' columns) by group, and the river learner that runs each one here; None: river
+# has none (MLHAT, MLHT, MLHT with pruned sets and MLBELS need porting; AMRules is a regressor in river; MT is a single
+# Mondrian tree, which river has only inside its forest).
+GLOBAL_BASELINES = {"MLHAT": None, "MLHT": None, "MLHTPS": None, "iSOUPT": "iSOUPT", "MLBELS": None}
+LOCAL_BASELINES = {"KNN": "BR+kNN", "NB": "BR+NB", "AMR": None, "HT": "BR+HT", "HAT": "BR+HAT", "EFDT": "BR+EFDT",
+                   "SGT": "BR+SGT", "MT": None, "ARF": "BR+ARF", "AMF": "BR+AMF", "ABALR": "BR+ABALR",
+                   "ABOLR": "BR+ABOLR"}
+
+
+class ThresholdedRegressor(base.MultiLabelClassifier):
+    """A multi-target regressor used as a multi-label classifier: it regresses the 0/1 labels and predicts a label
+    when its output is at least ``threshold`` (how iSOUP-Tree, a multi-target regression tree, enters the paper's
+    multi-label tables)."""
+
+    def __init__(self, regressor, threshold: float = 0.5):
+        self.regressor, self.threshold = regressor, threshold
+
+    def learn_one(self, x, y):
+        self.regressor.learn_one(x, {k: float(v) for k, v in y.items()})
+
+    def predict_one(self, x, **kwargs):
+        return {k: v >= self.threshold for k, v in self.regressor.predict_one(x).items()}
+
+
+def more_baselines(seed: int = 0) -> dict[str, Callable[[], base.MultiLabelClassifier]]:
+    """The rest of the paper's baselines that river has, with the MLHAT README's parameters: binary relevance with
+    a Hoeffding adaptive tree, an extremely fast decision tree, a stochastic gradient tree, an Aggregated Mondrian
+    forest and ADWIN boosting of logistic regressions, and iSOUP-Tree (a global learner)."""
+    from river import ensemble, forest, linear_model, tree
+    from river.multioutput import PerOutputClassifier
+
+    return {
+        "BR+HAT": lambda: PerOutputClassifier(tree.HoeffdingAdaptiveTreeClassifier(
+            **HT_SETTINGS, drift_window_threshold=50, switch_significance=0.05, seed=seed)),
+        "BR+EFDT": lambda: PerOutputClassifier(tree.ExtremelyFastDecisionTreeClassifier(
+            **HT_SETTINGS, min_samples_reevaluate=20)),
+        "BR+SGT": lambda: PerOutputClassifier(tree.SGTClassifier(
+            grace_period=200, delta=1e-5, init_pred=0.0, lambda_value=0.1, gamma=1.0)),
+        "BR+AMF": lambda: PerOutputClassifier(forest.AMFClassifier(
+            n_estimators=10, step=1.0, use_aggregation=True, dirichlet=0.5, seed=seed)),
+        "BR+ABOLR": lambda: PerOutputClassifier(ensemble.ADWINBoostingClassifier(
+            linear_model.LogisticRegression(), n_models=10, seed=seed)),
+        "iSOUPT": lambda: ThresholdedRegressor(tree.ISOUPTreeRegressor(
+            **HT_SETTINGS, leaf_prediction="adaptive", model_selector_decay=0.95)),
+    }
+
+
+class DriftReset(base.MultiLabelClassifier):
+    """A baseline given iHOMER's local drift handling: ADWIN watches the error and the model restarts on a rise.
+
+    ``per_label=False`` (label combination: one model for all labels): one ADWIN on the exact-match error, the whole
+    model restarts, as iHOMER restarts a cluster's model. ``per_label=True`` (binary relevance: one model per label,
+    a river ``PerOutputClassifier``): one ADWIN per label on that label's error, and that label's model restarts,
+    as iHOMER would restart a cluster of one label."""
+
+    def __init__(self, factory: Callable[[], base.MultiLabelClassifier], per_label: bool = False,
+                 adwin_delta: float = 0.002):
+        from river import drift
+
+        self.factory, self.per_label, self.adwin_delta = factory, per_label, adwin_delta
+        self.model = factory()
+        self._adwin = drift.ADWIN
+        self.monitors: dict = {}
+        self.resets: list[tuple[int, object]] = []
+        self.t = 0
+
+    def predict_one(self, x, **kwargs):
+        return self.model.predict_one(x)
+
+    def _rise(self, key, wrong: bool) -> bool:
+        mon = self.monitors.setdefault(key, self._adwin(delta=self.adwin_delta))
+        before = mon.estimation
+        mon.update(float(wrong))
+        if mon.drift_detected and mon.estimation > before:
+            self.monitors[key] = self._adwin(delta=self.adwin_delta)
+            return True
+        return False
+
+    def learn_one(self, x, y):
+        pred = self.model.predict_one(x) or {}
+        self.t += 1
+        if self.per_label:
+            for label, v in y.items():
+                if self._rise(label, bool(pred.get(label)) != bool(v)) and label in self.model:
+                    del self.model[label]          # PerOutputClassifier builds a fresh copy on next use
+                    self.resets.append((self.t, label))
+        elif self._rise(None, any(bool(pred.get(k)) != bool(v) for k, v in y.items())):
+            self.model = self.factory()
+            self.resets.append((self.t, None))
+        self.model.learn_one(x, y)
+
+
 class IHOMER(base.MultiLabelClassifier):
     """iHOMER: one multi-label learner per cluster of the online label partition.
 
@@ -994,6 +1095,39 @@ def trace_partition(stream: MLStream, every: int = 100, snapshots: Sequence[int]
     out["events"] = list(model.odac.events)
     out["history"] = list(model.history)
     return out
+
+
+def cached_trace(seed: int, n: int, drift_at: int, n_min: int, **kw) -> dict:
+    """:func:`trace_partition` over ``drifting_blocks(n, drift_at=drift_at, seed=seed)`` with ``n_min`` (and other
+    :class:`IHOMER` options ``kw``), through prunebook's cache; snapshots of the tree at 1,000, the drift, 1,000
+    after it and the end."""
+    from prunebook import cache
+
+    stream = drifting_blocks(n, drift_at=drift_at, seed=seed)
+    snaps = (1000, drift_at, drift_at + 1000, n)
+    key = {"seed": seed, "n": n, "drift": drift_at, "code": CODE_VERSION, "n_min": n_min, **kw}
+    return cache.cached("03_ihomer/trace", key, lambda: trace_partition(
+        stream, every=100, snapshots=snaps, progress=False, n_min=n_min, **kw))
+
+
+def tune_n_min(grid: Sequence[int], seeds: Sequence[int], n: int, drift_at: int, ari_before: float,
+               ari_after: float) -> tuple[int, list[dict]]:
+    """Choose ``n_min`` on tuning streams (seeds apart from any claim's): the smallest value of ``grid`` whose every
+    tuning stream has the planted blocks at the drift (ARI ≥ ``ari_before``) and the new blocks at the end (ARI ≥
+    ``ari_after``); smaller is preferred because the tree is tested more often and reacts sooner. If no value
+    passes on every stream, the one with the largest mean of the two ARIs. Returns the value and one row per run."""
+    rows = []
+    for nm in grid:
+        for s in seeds:
+            tr = cached_trace(s, n, drift_at, nm)
+            rows.append({"n_min": nm, "seed": s, "ARI at drift": tr["ari"][tr["t"].index(drift_at)],
+                         "ARI at end": tr["ari"][-1]})
+    ok = [nm for nm in grid if all(r["ARI at drift"] >= ari_before and r["ARI at end"] >= ari_after
+                                   for r in rows if r["n_min"] == nm)]
+    if ok:
+        return min(ok), rows
+    score = {nm: np.mean([r["ARI at drift"] + r["ARI at end"] for r in rows if r["n_min"] == nm]) for nm in grid}
+    return max(grid, key=lambda nm: (score[nm], -nm)), rows
 
 
 def draw_label_tree(ax, tree: dict, colors: Sequence[str] | None = None, block_of: np.ndarray | None = None,
