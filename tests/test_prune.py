@@ -241,3 +241,52 @@ def test_global_magnitude_on_channels_last_convs():
     net.to(memory_format=torch.channels_last)  # as train.fit leaves a pruned CNN
     prune.global_magnitude(net, 0.75)
     assert prune.sparsity(net) == pytest.approx(0.75, abs=1 / 216)
+
+
+# ---------------------------------------------------------------- plain-tensor helpers (the foundations lab)
+
+
+@pytest.mark.parametrize("s", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_magnitude_mask_prunes_exactly_round_s_n_even_with_ties(s):
+    w = torch.tensor([0.9, -0.2, 0.1, 0.2, -0.5, 0.2, 0.2, 0.0])
+    m = prune.magnitude_mask(w, s)
+    assert int((m == 0).sum()) == round(s * 8)
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    if 0 < s < 1:
+        assert w.abs()[m == 0].max() <= w.abs()[m == 1].min()
+
+
+def test_magnitude_mask_matches_torch_l1_unstructured_and_takes_channels_last():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3)
+    m = prune.magnitude_mask(conv.weight.to(memory_format=torch.channels_last), 0.6)  # l1_unstructured refuses it
+    assert m.shape == conv.weight.shape
+    prune.torch_prune.l1_unstructured(conv, "weight", amount=round(0.6 * conv.weight.numel()))
+    assert torch.equal(m, conv.weight_mask)
+
+
+def test_channels_to_keep_rounds_the_number_removed_and_keeps_one():
+    assert prune.channels_to_keep(64, 0.3) == 45  # 64 − round(19.2); a floor of 64·0.7 gives 44
+    assert prune.channels_to_keep(16, 0.5) == 8
+    assert prune.channels_to_keep(10, 0.0) == 10
+    assert prune.channels_to_keep(10, 1.0) == 1
+    with pytest.raises(ValueError):
+        prune.channels_to_keep(10, 1.5)
+
+
+def test_sensitivity_scan_prunes_one_layer_at_a_time_and_restores_it():
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    seen = []
+
+    def evaluate(model):
+        seen.append([layer_sparsity for layer_sparsity in prune.layer_sparsity(model).values()])
+        return float(model(torch.ones(1, 10)).sum())
+
+    scan = prune.sensitivity_scan(net, evaluate, [0.5, 0.9])
+    assert list(scan) == ["0", "2"] and all(len(v) == 2 for v in scan.values())
+    assert seen == [[0.5, 0.0], [0.9, 0.0], [0.0, 0.5], [0.0, 0.9]]
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+    prune.global_magnitude(net, 0.5)
+    with pytest.raises(ValueError, match="make_permanent"):
+        prune.sensitivity_scan(net, evaluate, [0.5])

@@ -4,6 +4,8 @@
     prunebook run [SERIES ...] --profile cpu [--inplace] [-p key=value ...] [--only PATTERN]
                   [--workers N | --scheduler tcp://host:8786] [--seeds 0 1 2]
     prunebook report [--profile cpu] [--seeds]
+    prunebook course build [--series 00 ...] [--out DIR]
+    prunebook course grade SUBMISSIONS... --seed S [--lab 00] [--timeout 600] [--out DIR] [--jobs N]
 
 ``run`` executes each notebook with papermill, with the series folder as working directory. Executed
 copies go to ``runs/<profile>/<series>/`` unless ``--inplace``, which copies a notebook over its source
@@ -406,6 +408,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- course
+
+
+def cmd_course_build(args: argparse.Namespace) -> int:
+    from . import course
+
+    root = repo_root()
+    try:
+        written = course.build(root, args.series, Path(args.out) if args.out else None)
+    except course.CourseError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        print(f"student copy: {shown}")
+    return 0
+
+
+def cmd_course_grade(args: argparse.Namespace) -> int:
+    from . import course
+
+    root = repo_root()
+    if args.timeout <= 0 or args.jobs < 1:
+        raise UsageError(f"--timeout {args.timeout} --jobs {args.jobs}: give a positive time limit and at least 1 job")
+    missing = [p for p in args.submissions if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    out = Path(args.out) if args.out else root / "runs" / "course" / "grades"
+    try:
+        grades = course.grade([Path(p) for p in args.submissions], args.seed, root, lab=args.lab, out=out,
+                              timeout=args.timeout, profile=args.profile, jobs=args.jobs)
+    except course.CourseError as exc:
+        raise UsageError(str(exc)) from None
+    shown = out.relative_to(root) if out.resolve().is_relative_to(root) else out
+    print(f"{len(grades)} submissions graded: {shown}/grades.csv, feedback in {shown}/feedback/")
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -442,6 +481,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--seeds", action="store_true",
                         help="per claim: on how many seeds it held, and the measured value per seed")
     report.set_defaults(func=cmd_report)
+    course = sub.add_parser("course", help="labs for teaching: student copies (build) and grading (grade)")
+    course_sub = course.add_subparsers(dest="course_command", required=True, parser_class=_Parser)
+    build = course_sub.add_parser("build", help="write the student copies of the labs (solutions stubbed)")
+    build.add_argument("--series", nargs="+", default=None, metavar="SERIES",
+                       help="labs to build (00_pruning_basics, 00 or pruning_basics); all if none")
+    build.add_argument("--out", default=None, metavar="DIR", help="where to write them (default: runs/course/handouts)")
+    build.set_defaults(func=cmd_course_build)
+    grade = course_sub.add_parser("grade", help="grade submitted notebooks: CSV of points, feedback per student")
+    grade.add_argument("submissions", nargs="+", metavar="SUBMISSION",
+                       help="submitted notebooks, or folders of them (alice.ipynb, or alice/exercises.ipynb)")
+    grade.add_argument("--seed", type=int, required=True, help="the grading seed of the checks' random cases")
+    grade.add_argument("--lab", default=None, metavar="LAB",
+                       help="the lab graded (00, 00_pruning_basics, or a solved lab notebook); default: the lab the "
+                            "submissions name")
+    grade.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+                       help="time limit per submission (default 600)")
+    grade.add_argument("--profile", choices=PROFILES, default="smoke",
+                       help="the profile submissions run at (default smoke: the checks do not depend on it)")
+    grade.add_argument("--jobs", type=int, default=1, metavar="N", help="submissions graded side by side")
+    grade.add_argument("--out", default=None, metavar="DIR",
+                       help="where grades.csv, feedback/ and answers/ go (default: runs/course/grades)")
+    grade.set_defaults(func=cmd_course_grade)
     return parser
 
 

@@ -16,6 +16,9 @@ shrink with them); ``mask_channels`` zeroes the same channels instead, for check
   (``slimming_threshold``), after training with ``BNL1Penalty`` (an L1 sub-gradient on BN scales).
 
 Counting: ``sparsity``, ``count_nonzero``, ``count_macs`` (``torch.utils.flop_counter``) and ``measure_latency``.
+
+Plain-tensor helpers (no hooks): ``magnitude_mask`` (one tensor, exactly round(s·n) zeros), ``sensitivity_scan``
+(each layer pruned alone, the model restored after) and ``channels_to_keep`` (what "prune 30 %" keeps).
 """
 
 from __future__ import annotations
@@ -99,6 +102,54 @@ def random_mask(weight: torch.Tensor, sparsity: float, g: torch.Generator) -> to
     mask = torch.ones(weight.numel())
     mask[torch.randperm(weight.numel(), generator=g)[: round(sparsity * weight.numel())]] = 0
     return mask.view_as(weight).to(weight.device)
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """m_i = 0 for the k = round(s·n) entries with the smallest |w_i|, 1 elsewhere: exactly k zeros, whatever the
+    ties (among equal |w| the order ``topk`` gives decides, as in ``torch.nn.utils.prune.L1Unstructured``)."""
+    _check_fraction(sparsity)
+    k = round(sparsity * weight.numel())
+    mask = torch.ones(weight.shape, device=weight.device)  # contiguous even for a channels-last weight
+    if k:
+        mask.view(-1)[torch.topk(weight.detach().abs().flatten(), k, largest=False).indices] = 0
+    return mask
+
+
+@torch.no_grad()
+def sensitivity_scan(model: nn.Module, evaluate: Callable[[nn.Module], float], sparsities: Sequence[float],
+                     layers: Sequence[str] | None = None) -> dict[str, list[float]]:
+    """Layer name → ``evaluate(model)`` with only that layer pruned by magnitude to each sparsity in turn (every
+    other layer dense). Each layer's weight is restored before the next, so the model ends as it began. ``layers``
+    defaults to every conv and linear layer; the model must hold plain weights (no ``torch.nn.utils.prune`` hooks:
+    call ``make_permanent`` first)."""
+    modules = dict(model.named_modules())
+    names = list(layers) if layers is not None else [n for n, m in modules.items() if isinstance(m, PRUNABLE)]
+    scan = {}
+    for name in names:
+        if hasattr(modules[name], "weight_orig"):
+            raise ValueError(f"layer {name!r} is pruned with torch.nn.utils.prune: call prune.make_permanent first")
+        weight = modules[name].weight
+        dense = weight.detach().clone()
+        scores = []
+        try:
+            for s in sparsities:
+                weight.copy_(dense * magnitude_mask(dense, s).to(dense))
+                scores.append(float(evaluate(model)))
+        finally:
+            weight.copy_(dense)
+        scan[name] = scores
+    return scan
+
+
+def channels_to_keep(n_channels: int, ratio: float) -> int:
+    """How many of ``n_channels`` "prune ``ratio``" keeps: n − round(ratio·n), at least one. The same count rule as
+    the unstructured masks (round(s·n) removed); ``int(n·(1 − ratio))`` (a floor) keeps one channel fewer whenever
+    ratio·n has a fractional part of at least one half (64 channels at 30 %: 45 here, 44 by the floor)."""
+    if n_channels < 1:
+        raise ValueError(f"n_channels={n_channels}: a layer has at least one channel")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio={ratio}: a fraction in [0, 1] is needed")
+    return max(1, n_channels - round(ratio * n_channels))
 
 
 @torch.no_grad()
