@@ -64,8 +64,7 @@ class Exercise:
     hint: str
     run: Callable[[Any, Any], None]
     goal: str = ""
-    uses_seed: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    uses_seed: bool = True  # False: checked against a deterministic run (a "predict, then run" answer)
 
     @property
     def lab(self) -> str:
@@ -103,7 +102,7 @@ def check(exercise_id: str, answer: Any, seed: int = 0, quiet: bool = False) -> 
     except AssertionError as exc:
         raise AssertionError(f"{ex.id} ({ex.name}): {exc}\nhint: {ex.hint}") from None
     if not quiet:
-        cases = f"{info} cases, seed {seed}" if isinstance(info, int) else "checked against the run"
+        cases = f"{info} cases, seed {seed}" if ex.uses_seed else "checked against the run"
         print(f"{ex.id} passed ({ex.name}: {cases})")
 
 
