@@ -8,8 +8,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = {"cache", "claims", "cli", "config", "data", "display", "models", "parallel", "plots", "prune", "style",
-            "train"}
+_MODULES = {"cache", "claims", "cli", "config", "course", "data", "display", "models", "parallel", "plots", "prune",
+            "report", "style", "train"}
 _NAMES = {"Claims": "claims", "interact": "display", "progress": "display", "show": "display"}
 __all__ = sorted(_MODULES | set(_NAMES))
 
