@@ -271,3 +271,32 @@ def test_probe_runs_are_cached_per_seed_list(tmp_cache, monkeypatch):
     assert dp.probe_runs(feats, s, **kw) == first and len(calls) == 1  # from the cache
     dp.probe_runs(feats, s, **{**kw, "seeds": [0, 2]})
     assert len(calls) == 2
+
+
+def test_grand_of_a_linear_probe_is_el2n_times_the_input_norm_by_autograd():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (7,), generator=g)
+    w = torch.randn(5, 3, generator=g, dtype=torch.float64)  # 4 weights and a bias per class
+    for i in range(7):
+        wi = w.clone().requires_grad_(True)
+        logits = torch.cat([x[i], torch.ones(1, dtype=torch.float64)]) @ wi
+        F.cross_entropy(logits[None], y[i:i + 1]).backward()
+        el2n = (torch.softmax(logits.detach(), -1) - F.one_hot(y[i], 3).double()).norm()
+        assert math.isclose(wi.grad.norm().item(), (el2n * (x[i].pow(2).sum() + 1).sqrt()).item(), rel_tol=1e-10)
+
+
+def test_teacher_task_relabels_by_the_teacher_and_is_realizable(tmp_cache):
+    g = torch.Generator().manual_seed(6)
+    x, test_x = torch.randn(300, 3, generator=g), torch.randn(100, 3, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(300, generator=g) > 0).long()  # noisy real labels
+    feats = {"x": x, "y": y, "test_x": test_x, "test_y": (test_x[:, 0] > 0).long(), "classes": ["a", "b"]}
+    s = {"dataset": "toy", "probe_pool": 300, "n_pcs": 3, "l2": 1e-3, "tol": 1e-6, "max_iter": 500}
+    t = dp.teacher_task(feats, s)
+    xb = torch.cat([x, torch.ones(300, 1)], 1)
+    assert torch.equal(t["y"], (xb @ t["teacher"]).argmax(-1))
+    assert torch.equal(t["test_y"], (torch.cat([test_x, torch.ones(100, 1)], 1) @ t["teacher"]).argmax(-1))
+    assert t["agreement"] == (t["y"] == y).double().mean().item() and 0.5 < t["agreement"] < 1
+    assert torch.equal(t["x"], x)  # the same inputs
+    w = dp.fit_probe(x[None], t["y"][None], 2, l2=1e-6, tol=1e-7, max_iter=2000)
+    assert dp.probe_error(w, x, t["y"]).item() == 0.0  # a student of the same form fits the teacher's labels

@@ -813,13 +813,14 @@ def embed_with(state: dict, model: str, x: torch.Tensor, device: str = "cpu") ->
 # forgetting over all of them, averaged over score_runs probes from independent initialisations.
 PROBE = {
     "smoke": dict(dataset="fashion_mnist", probe_pool=3000, n_pcs=16, l2=1e-3, tol=1e-5, max_iter=500,
-                  score_runs=2, score_epochs=2, score_epoch=1, score_batch=128, score_lr=0.05),
+                  score_runs=2, score_epochs=2, score_epoch=1, score_batch=128, score_lr=0.05, labels="real"),
     "cpu": dict(dataset="fashion_mnist", probe_pool=60000, n_pcs=64, l2=1e-3, tol=1e-5, max_iter=2000,
-                score_runs=4, score_epochs=10, score_epoch=1, score_batch=128, score_lr=0.05),
+                score_runs=4, score_epochs=10, score_epoch=1, score_batch=128, score_lr=0.05, labels="real"),
 }
 PROBE["paper"] = PROBE["cpu"]
+# labels: "real" (Fashion-MNIST's) or "teacher" (the realizable task of teacher_task); part of every cache key
 PROBE_KEYS = ("dataset", "probe_pool", "n_pcs", "l2", "tol", "max_iter", "score_runs", "score_epochs", "score_epoch",
-              "score_batch", "score_lr")
+              "score_batch", "score_lr", "labels")
 
 
 def whitened_pcs(train_x: torch.Tensor, test_x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -928,6 +929,28 @@ def probe_features(s: dict, seed: int = 0, data_root: str | None = None) -> dict
 
     key = {k: s[k] for k in ("dataset", "probe_pool", "n_pcs")}
     return cache.cached("08_data_pruning/pcs", {**key, "seed": seed}, compute)
+
+
+def teacher_task(feats: dict, s: dict, seed: int = 0) -> dict:
+    """The realizable version of the probe's task, the perceptron theory's setting on real images: a *teacher*
+    probe ``W*`` is fitted to convergence on every training image with its real label (``s['l2']``), and each
+    training and test image is relabelled ``y* = argmax_c (W*^T [x, 1])_c``. A student probe of the same form can
+    then fit the labels exactly, as the theory's student can fit its teacher. Returns ``feats`` with ``y`` and
+    ``test_y`` replaced, plus ``agreement`` (the fraction of training images whose teacher label is the real
+    one) and ``teacher`` (``W*``); cached."""
+    from prunebook import cache
+
+    def compute():
+        num_classes = len(feats["classes"])
+        w = fit_probe(feats["x"][None], feats["y"][None], num_classes, l2=s["l2"], tol=s["tol"],
+                      max_iter=s["max_iter"])[0]
+        y = (_with_bias(feats["x"].float()) @ w).argmax(-1)
+        test_y = (_with_bias(feats["test_x"].float()) @ w).argmax(-1)
+        return {**feats, "y": y, "test_y": test_y, "teacher": w,
+                "agreement": float((y == feats["y"]).double().mean())}
+
+    key = {k: s[k] for k in ("dataset", "probe_pool", "n_pcs", "l2", "tol", "max_iter")}
+    return cache.cached("08_data_pruning/teacher_task", {**key, "seed": seed}, compute)
 
 
 def probe_scores(feats: dict, s: dict, seed: int) -> dict[str, torch.Tensor]:
