@@ -14,16 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "notebooks" / "00_pruning_basics" / "exercises.ipynb"
 IDS = ["00.1", "00.2", "00.3", "00.4", "00.5", "00.6"]
 PREAMBLE = "import torch\nfrom torch import nn\nfrom prunebook import course, prune\n"
+LAB_01 = ROOT / "notebooks" / "01_ap" / "exercises.ipynb"
+IDS_01 = ["01.1", "01.2", "01.3", "01.4", "01.5"]
+PREAMBLE_01 = "import torch\nfrom torch import nn\nimport ap\nfrom prunebook import course, prune\n"
 
 
 def lab():
     return nbformat.read(str(LAB), as_version=4)
 
 
-def namespace(nb) -> dict:
+def namespace(nb, preamble: str = PREAMBLE) -> dict:
     """The names the exercise cells of ``nb`` define, run in order (as the notebook runs them)."""
     ns: dict = {}
-    exec(PREAMBLE, ns)
+    exec(preamble, ns)
     for cell in course.exercise_cells(nb).values():
         if cell.cell_type == "code":
             exec(cell.source, ns)
@@ -38,41 +41,27 @@ def solved():
 # ---------------------------------------------------------------- the lab and its checks
 
 
-def test_the_lab_has_its_exercises_marked_for_nbgrader():
-    nb = lab()
-    cells = course.exercise_cells(nb)
-    assert [i for i, c in cells.items() if c.cell_type == "code"] == IDS
-    assert [i for i, c in cells.items() if c.cell_type == "markdown"] == ["00.q1"]
-    assert nb.metadata["prunebook"]["lab"] == "00_pruning_basics"
-    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
-    for ex_id, cell in cells.items():
-        if cell.cell_type == "code":
-            assert course.BEGIN in cell.source and course.END in cell.source, ex_id
-            assert course.defines(cell.source, course.REGISTRY[ex_id].name)
-            assert any(f'course.check("{ex_id}"' in c.source for c in nb.cells), f"no check cell for {ex_id}"
-
-
 @pytest.mark.parametrize("ex_id", IDS)
 @pytest.mark.parametrize("seed", [0, 1, 12345])
 def test_every_solution_passes_its_check(solved, ex_id, seed, capsys):
-    course.check(ex_id, solved[course.REGISTRY[ex_id].name], seed=seed)
+    course.check(ex_id, solved[course.lookup(ex_id).name], seed=seed)
     assert f"{ex_id} passed" in capsys.readouterr().out
 
 
 def test_every_stub_fails_with_not_implemented():
-    copy_ = course.student_copy(lab())
-    ns: dict = {}
-    exec(PREAMBLE, ns)
-    for ex_id, cell in course.exercise_cells(copy_).items():
-        if cell.cell_type != "code":
-            continue
-        if ex_id == "00.2":  # a value, not a function: the stub raises where the value is made
+    for nb, preamble in ((lab(), PREAMBLE), (nbformat.read(str(LAB_01), as_version=4), PREAMBLE_01)):
+        ns: dict = {}
+        exec(preamble, ns)
+        for ex_id, cell in course.exercise_cells(course.student_copy(nb)).items():
+            if cell.cell_type != "code":
+                continue
+            if course.lookup(ex_id).name == "predictions":  # a value: the stub raises where the value is made
+                with pytest.raises(NotImplementedError):
+                    exec(cell.source, ns)
+                continue
+            exec(cell.source, ns)
             with pytest.raises(NotImplementedError):
-                exec(cell.source, ns)
-            continue
-        exec(cell.source, ns)
-        with pytest.raises(NotImplementedError):
-            course.check(ex_id, ns[course.REGISTRY[ex_id].name])
+                course.check(ex_id, ns[course.lookup(ex_id).name])
 
 
 def test_check_names_the_counterexample_and_the_hint():
@@ -92,7 +81,16 @@ def test_check_names_the_counterexample_and_the_hint():
 
 def test_an_unknown_exercise_lists_the_known_ones():
     with pytest.raises(KeyError, match="00.1"):
+        course.check("00.99", lambda: None)
+    with pytest.raises(KeyError, match="no lab 99.*00_pruning_basics"):
         course.check("99.9", lambda: None)
+
+
+def test_a_labs_checks_live_in_its_folder():
+    checks = course.lab_checks("00")
+    assert Path(checks.__file__) == LAB.parent / "checks.py"
+    assert course.lookup("00.1").run.__module__ == checks.__name__
+    assert not hasattr(course, "pitfalls_experiment")  # nothing of one lab in the shared package
 
 
 def test_a_student_error_becomes_a_counterexample():
@@ -395,7 +393,7 @@ def _points(row) -> dict[str, float]:
 
 def test_grade_gives_full_points_to_a_correct_submission(graded):
     row = graded["rows"]["alice"]
-    assert _points(row) == {i: course.REGISTRY[i].points for i in IDS}
+    assert _points(row) == {i: course.lookup(i).points for i in IDS}
     assert row["total"] == row["out_of"] == "13" and row["status"] == "graded" and row["problems"] == ""
     feedback = (graded["out"] / "feedback" / "alice.txt").read_text()
     assert "13 of 13 points" in feedback and "00.5 prune_channels: 3/3 passed" in feedback
@@ -449,5 +447,163 @@ def test_grade_needs_a_seed():
 
 
 def test_the_pitfalls_experiment_is_what_the_lab_predicts():
-    assert course.pitfalls_experiment() == PREDICTED
-    assert all(type(v) is int for v in course.pitfalls_experiment().values())
+    measured = course.lab_checks("00").pitfalls_experiment()
+    assert measured == PREDICTED
+    assert all(type(v) is int for v in measured.values())
+
+
+# ---------------------------------------------------------------- the 01_ap lab: checks against ap.py
+
+
+
+def lab_01():
+    return nbformat.read(str(LAB_01), as_version=4)
+
+
+@pytest.fixture(scope="module")
+def solved_01():
+    return namespace(lab_01(), PREAMBLE_01)
+
+
+@pytest.mark.parametrize("path, ids, name", [(LAB, IDS, "00_pruning_basics"), (LAB_01, IDS_01, "01_ap")])
+def test_each_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it(path, ids, name):
+    nb = nbformat.read(str(path), as_version=4)
+    cells = course.exercise_cells(nb)
+    assert [i for i, c in cells.items() if c.cell_type == "code"] == ids
+    assert [i for i, c in cells.items() if c.cell_type == "markdown"] == [f"{name[:2]}.q1"]
+    assert nb.metadata["prunebook"]["lab"] == name
+    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    for ex_id in ids:
+        assert course.BEGIN in cells[ex_id].source and course.END in cells[ex_id].source, ex_id
+        assert course.defines(cells[ex_id].source, course.lookup(ex_id).name)
+        assert any(f'course.check("{ex_id}"' in c.source for c in nb.cells), f"no check cell for {ex_id}"
+    checks = course.lab_checks(name[:2])
+    assert Path(checks.__file__) == path.parent / "checks.py"
+    assert all(course.lookup(i).run.__module__ == checks.__name__ for i in ids)
+    assert "TIME_" not in "".join(c.source for c in nb.cells)  # every exercise states its measured time
+
+
+@pytest.mark.parametrize("ex_id, seeds", [("01.1", [0, 7]), ("01.2", [0, 7]), ("01.3", [0, 7]), ("01.4", [3]),
+                                          ("01.5", [0])])
+def test_every_01_solution_passes_its_check(solved_01, ex_id, seeds, capsys):
+    for seed in seeds:
+        course.check(ex_id, solved_01[course.lookup(ex_id).name], seed=seed)
+        assert f"{ex_id} passed" in capsys.readouterr().out
+
+
+def _dnr(per_layer_mean=False, any_zero=False, train_mode=False):
+    def dead_neuron_rate(model, x):
+        outs = []
+        hooks = [m.register_forward_hook(lambda mod, i, o: outs.append(o.detach().clone()))
+                 for m in model.modules() if isinstance(m, nn.ReLU)]
+        was = model.training
+        model.train(train_mode)
+        with torch.no_grad():
+            model(x)
+        model.train(was)
+        for h in hooks:
+            h.remove()
+        rates = [float((o == 0).float().mean()) for o in outs]
+        element = sum(rates) / len(rates) if per_layer_mean else \
+            sum(int((o == 0).sum()) for o in outs) / sum(o.numel() for o in outs)
+        dead = [((o.flatten(2) == 0).any(2) if any_zero else (o.flatten(2) == 0).all(2)) if o.ndim > 2 else o == 0
+                for o in outs]
+        return element, sum(int(d.sum()) for d in dead) / sum(d.numel() for d in dead)
+    return dead_neuron_rate
+
+
+def _choose(candidates=lambda w: w < 0, score=lambda w, w0: (w - w0).abs(), largest=False, per_layer=False,
+            stable=True):
+    def ap_choose(weights, start, k):
+        w, w0 = torch.cat([t.flatten() for t in weights]), torch.cat([t.flatten() for t in start])
+        s = torch.where(candidates(w), score(w, w0), torch.full_like(w, float("inf") if not largest else -1.0))
+        chosen = torch.zeros(w.numel(), dtype=torch.bool)
+        if per_layer:  # k shared out over the tensors by their candidates, each ranked on its own
+            sizes, c = [t.numel() for t in weights], candidates(w)
+            counts = [int(x.sum()) for x in c.split(sizes)]
+            ks = [round(k * n / max(sum(counts), 1)) for n in counts]
+            ks[-1] = k - sum(ks[:-1])
+            offset = 0
+            for size, kk, part in zip(sizes, ks, s.split(sizes)):
+                chosen[offset + torch.argsort(part, stable=True)[:max(kk, 0)]] = True
+                offset += size
+        elif stable:
+            chosen[torch.argsort(s, stable=True, descending=largest)[:k]] = True
+        else:
+            chosen[torch.topk(s, k, largest=largest).indices] = True
+        return [c.view_as(t) for c, t in zip(chosen.split([t.numel() for t in weights]), weights)]
+    return ap_choose
+
+
+def _imp_round(count="total", rewind="masked", per_layer=False):
+    def imp_round(weights, masks, init, r, rate):
+        eff = [w * m for w, m in zip(weights, masks)]
+        n = sum(w.numel() for w in weights)
+        if count == "total":
+            k = round((1 - (1 - rate) ** (r + 1)) * n)
+        elif count == "linear":
+            k = min(n, round(rate * (r + 1) * n))
+        else:  # round(rate · alive) more than before
+            pruned = sum(int((m == 0).sum()) for m in masks)
+            k = pruned + round(rate * (n - pruned))
+        if per_layer:
+            new = [prune.magnitude_mask(w, k / n) for w in eff]
+        else:
+            flat = prune.magnitude_mask(torch.cat([w.flatten() for w in eff]), k / n)
+            new = [m.view_as(w) for m, w in zip(flat.split([w.numel() for w in eff]), eff)]
+        back = {"masked": [w0 * m for w0, m in zip(init, new)], "none": [w * m for w, m in zip(weights, new)],
+                "revive": [w0.clone() for w0 in init]}[rewind]
+        return new, back
+    return imp_round
+
+
+def _ap_step(k_of="alive", base_to="target - k"):
+    def ap_prune_step(net, target, params, start, p2):
+        import ap
+
+        zeros, total = ap.count_zeros(params)
+        k = round(p2 * (total - zeros if k_of == "alive" else total))
+        goal = round(target * total)
+        prune.global_magnitude(net, (goal - k if base_to == "target - k" else goal) / total, params)
+        weights = [getattr(m, n).detach() for m, n in params]
+        before = [ap.start_weight(start, net, m, n) for m, n in params]
+        ap.prune_chosen(params, _choose()(weights, before, k))
+    return ap_prune_step
+
+
+PREDICTED_01 = {"zeros_after_3_rounds_of_20pct": 488, "removed_by_magnitude_in_round_4": 92,
+                "removed_by_ap_in_round_4": 10, "positive_weights_ap_removes": 0, "layer1_preactivations_lowered": True,
+                "layer2_preactivations_lowered": 0, "same_sparsity_as_without_ap": True}
+
+WRONG_01 = {
+    "01.1": {"the mean of the layers' rates": _dnr(per_layer_mean=True),
+             "a channel dead when any of its map is zero": _dnr(any_zero=True),
+             "measured in train mode": _dnr(train_mode=True)},
+    "01.2": {"either sign": _choose(candidates=lambda w: w != 0),
+             "pruned (zero) weights as candidates": _choose(candidates=lambda w: w <= 0),
+             "|w| instead of |Δw|": _choose(score=lambda w, w0: w.abs()),
+             "the weights that moved most": _choose(largest=True),
+             "a ranking per layer": _choose(per_layer=True)},
+    "01.3": {"round(p·alive) more, not a total target": _imp_round(count="alive"),
+             "p·(r+1) of all weights": _imp_round(count="linear"),
+             "a ranking per layer": _imp_round(per_layer=True),
+             "no rewind": _imp_round(rewind="none"),
+             "a rewind that revives pruned weights": _imp_round(rewind="revive")},
+    "01.4": {"AP's share of all weights": _ap_step(k_of="all"),
+             "the base method to the full target first": _ap_step(base_to="target")},
+    "01.5": {"20 % of all weights a round": {**PREDICTED_01, "zeros_after_3_rounds_of_20pct": 600},
+             "AP's 2 % of all weights": {**PREDICTED_01, "removed_by_ap_in_round_4": 20,
+                                         "removed_by_magnitude_in_round_4": 82},
+             "layer 2 can fall too": {**PREDICTED_01, "layer2_preactivations_lowered": 1}},
+}
+
+
+@pytest.mark.parametrize("ex_id, mistake", [(e, m) for e, ms in WRONG_01.items() for m in ms])
+def test_each_01_check_rejects_plausible_wrong_answers(ex_id, mistake):
+    with pytest.raises(AssertionError, match=re.escape(ex_id)):
+        course.check(ex_id, WRONG_01[ex_id][mistake], quiet=True)
+
+
+def test_the_01_experiment_is_what_the_lab_predicts():
+    assert course.lab_checks("01").ap_experiment() == PREDICTED_01
+    course.check("01.5", dict(PREDICTED_01), quiet=True)

@@ -13,7 +13,11 @@ own markers, so an instructor who uses nbgrader can take them as they are:
 - cells tagged ``instructor`` are dropped from student copies, and the outputs of solution cells and of cells
   tagged ``reveal`` are cleared; the papermill ``parameters`` cell stays.
 
-A check is one small function registered with :func:`exercise`; a series' lab adds its own in the same style.
+Each lab's checks live with the lab, in ``notebooks/<NN_name>/checks.py``: small functions registered with
+:func:`exercise` (``@exercise("01.2", "ap_choose", hint=...)``). ``check("01.2", fn)`` imports lab 01's
+``checks.py`` on first use, from the working directory when it is the lab's folder (a notebook's kernel, a handout,
+the grader's copy) or else from the checkout, with the lab folder on ``sys.path`` so that the checks import the
+series module they compare against (``import ap``). This module holds only what every lab uses.
 
     prunebook course build [--series 00 ...] [--out DIR]       student copies (handouts)
     prunebook course grade SUBMISSIONS... --seed S [--lab 00]  points per exercise (CSV), feedback per student
@@ -72,20 +76,88 @@ class Exercise:
 
 
 REGISTRY: dict[str, Exercise] = {}
+CHECKS_FILE = "checks.py"
+_LOADED: dict[str, Any] = {}  # lab number → its imported checks module
+_FOLDERS: dict[str, Path] = {}  # lab number → the folder its checks came from (or are to come from)
 
 
 def exercise(id: str, name: str, *, points: int = 1, hint: str, goal: str = "", uses_seed: bool = True):
-    """Register the decorated ``check(answer, generator)`` as exercise ``id`` (``"NN.k"``, NN the series number)."""
+    """Register the decorated ``check(answer, generator)`` as exercise ``id`` (``"NN.k"``, NN the series number).
+    A lab's ``checks.py`` registers its exercises this way; importing the same file again replaces them."""
     if not re.fullmatch(r"\d\d\.\w+", id):
         raise ValueError(f"exercise id {id!r}: write it as NN.k, NN the series number (00.1, 07.2)")
 
     def register(fn: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
-        if id in REGISTRY:
-            raise ValueError(f"exercise {id} is registered twice")
+        old = REGISTRY.get(id)
+        if old is not None and _source_file(old.run) != _source_file(fn):
+            raise ValueError(f"exercise {id} is registered twice ({_source_file(old.run)} and {_source_file(fn)})")
         REGISTRY[id] = Exercise(id, name, points, hint, fn, goal, uses_seed)
         return fn
 
     return register
+
+
+def _source_file(fn: Callable) -> str:
+    return str(Path(fn.__code__.co_filename).resolve())
+
+
+def repo_root() -> Path:
+    """The checkout this package is installed from (``shared/prunebook/`` lies two levels below it)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def lab_folder(number: str, root: Path | None = None) -> Path:
+    """The folder whose ``checks.py`` holds lab ``number``'s checks: one given to :func:`use_lab`; else the working
+    directory when it is that lab's folder (a notebook's kernel, a handout, the grader's copy); else
+    ``notebooks/NN_*/`` of the checkout."""
+    if number in _FOLDERS:
+        return _FOLDERS[number]
+    cwd = Path.cwd()
+    if cwd.name.startswith(f"{number}_") and (cwd / CHECKS_FILE).is_file():
+        return cwd
+    root = root or repo_root()
+    hits = sorted(p for p in (root / "notebooks").glob(f"{number}_*") if (p / CHECKS_FILE).is_file())
+    if len(hits) != 1:
+        have = sorted(p.parent.name for p in (root / "notebooks").glob(f"[0-9][0-9]_*/{CHECKS_FILE}"))
+        raise KeyError(f"no lab {number}: no folder notebooks/{number}_*/ with a {CHECKS_FILE} under {root} (nor is "
+                       f"the working directory one); the labs with checks are: {', '.join(have) or 'none'}")
+    return hits[0]
+
+
+def use_lab(folder: Path) -> Any:
+    """Take lab ``NN``'s checks from ``folder`` (named ``NN_...``), and import them now."""
+    folder = Path(folder).resolve()
+    number = folder.name[:2]
+    if not re.fullmatch(r"\d\d", number):
+        raise CourseError(f"{folder}: a lab folder's name starts with its number (01_ap)")
+    if _FOLDERS.get(number) != folder:
+        _FOLDERS[number] = folder
+        _LOADED.pop(number, None)
+    return lab_checks(number)
+
+
+def lab_checks(number: str) -> Any:
+    """Lab ``number``'s checks module (its folder's ``checks.py``), imported once. The lab's folder goes on
+    ``sys.path`` first, as the notebooks have it, so the checks import the series module they compare against
+    (``import ap``) by its plain name."""
+    import importlib.util
+
+    if number in _LOADED:
+        return _LOADED[number]
+    folder = lab_folder(number)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    name = f"prunebook_lab_{number}_checks"
+    spec = importlib.util.spec_from_file_location(name, folder / CHECKS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    _LOADED[number] = module
+    return module
 
 
 def check(exercise_id: str, answer: Any, seed: int = 0, quiet: bool = False) -> None:
@@ -95,7 +167,7 @@ def check(exercise_id: str, answer: Any, seed: int = 0, quiet: bool = False) -> 
     counterexample and a hint otherwise. A stub's ``NotImplementedError`` passes through as it is."""
     import torch
 
-    ex = _lookup(exercise_id)
+    ex = lookup(exercise_id)
     generator = torch.Generator().manual_seed(seed)
     try:
         info = ex.run(answer, generator)
@@ -106,14 +178,18 @@ def check(exercise_id: str, answer: Any, seed: int = 0, quiet: bool = False) -> 
         print(f"{ex.id} passed ({ex.name}: {cases})")
 
 
-def _lookup(exercise_id: str) -> Exercise:
+def lookup(exercise_id: str) -> Exercise:
+    """Exercise ``NN.k``, its lab's checks imported first if need be."""
+    number = str(exercise_id).split(".")[0]
+    if exercise_id not in REGISTRY and re.fullmatch(r"\d\d", number):
+        lab_checks(number)
     if exercise_id not in REGISTRY:
-        known = ", ".join(sorted(REGISTRY)) or "none"
-        raise KeyError(f"no exercise {exercise_id!r}; the exercises are: {known}")
+        known = ", ".join(sorted(i for i in REGISTRY if i.startswith(number + "."))) or "none"
+        raise KeyError(f"no exercise {exercise_id!r}; the exercises of lab {number} are: {known}")
     return REGISTRY[exercise_id]
 
 
-def _call(fn: Callable, case: str, *args: Any) -> Any:
+def call(fn: Callable, case: str, *args: Any) -> Any:
     """Call the student's function; any error but a stub's ``NotImplementedError`` becomes a counterexample."""
     try:
         return fn(*args)
@@ -123,7 +199,20 @@ def _call(fn: Callable, case: str, *args: Any) -> Any:
         raise AssertionError(f"{case}: raised {type(exc).__name__}: {exc}") from exc
 
 
-def _show(t: Any) -> str:
+def compare_predictions(student: Any, measured: dict[str, Any]) -> str:
+    """A "predict, then run" answer: ``student`` must be a dict with every key of ``measured`` and its value (a
+    ``True``/``False`` where the run gives one, not 1/0). Raises ``AssertionError`` listing the predictions that
+    differ; returns ``"run"`` (what :func:`check` prints for a check without a seed)."""
+    assert isinstance(student, dict), f"predictions is a {type(student).__name__}; it must be a dict"
+    missing = [k for k in measured if k not in student]
+    assert not missing, f"predictions has no value for: {', '.join(missing)}"
+    wrong = [f"{k}: predicted {student[k]!r}, the run gives {v!r}" for k, v in measured.items()
+             if student[k] != v or (isinstance(v, bool) and type(student[k]) is not bool)]
+    assert not wrong, f"{len(wrong)} of {len(measured)} predictions differ from the run: " + "; ".join(wrong)
+    return "run"
+
+
+def brief(t: Any) -> str:
     """A tensor short enough to read in a message (its values when small, else its shape)."""
     import torch
 
@@ -142,325 +231,18 @@ def rel_error(a: Any, b: Any) -> float:
     return float(((a - b).abs() / (a.abs() + b.abs()).clamp_min(1e-8)).max()) if a.numel() else 0.0
 
 
-def _randint(g, lo: int, hi: int) -> int:
+def randint(g, lo: int, hi: int) -> int:
     """An integer in [lo, hi] from the generator."""
     import torch
 
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
-def _uniform(g, lo: float, hi: float) -> float:
+def uniform(g, lo: float, hi: float) -> float:
+    """A float in [lo, hi) from the generator."""
     import torch
 
     return lo + (hi - lo) * float(torch.rand(1, generator=g))
-
-
-# ---------------------------------------------------------------- 00 · the foundations lab
-
-
-def _weights(g, shape: tuple[int, ...], tied: bool):
-    """Gaussian weights, or (``tied``) weights on a coarse grid, so many |w| are equal (as in quantized models)."""
-    import torch
-
-    w = torch.randn(shape, generator=g)
-    return (w * 2).round() / 4 if tied else w
-
-
-@exercise("00.1", "magnitude_mask", points=2, goal="fine-grained magnitude pruning of one tensor, exact sparsity",
-          hint="equation (1) of the lab: k = round(s·n) entries with the smallest |w| get m = 0, exactly k of them "
-               "even when several |w| tie at the threshold (topk on |w| picks exactly k; a comparison with the "
-               "k-th value does not)")
-def _check_magnitude_mask(student, g) -> int:
-    import torch
-
-    from . import prune
-
-    shapes = [(6,), (3, 4), (2, 3, 2, 2), (10, 9), (8, 4, 3, 3), (64,)]
-    n = 0
-    for shape in shapes:
-        for tied in (False, True):
-            for s in (_uniform(g, 0.05, 0.95), _uniform(g, 0.05, 0.95), 0.0, 1.0) if shape != (6,) else \
-                    (_uniform(g, 0.05, 0.95),):
-                w = _weights(g, shape, tied)
-                before = w.clone()
-                case = f"magnitude_mask({_show(w)}, sparsity={s:.4g})"
-                m = _call(student, case, w, s)
-                n += 1
-                assert isinstance(m, torch.Tensor), f"{case} returned {type(m).__name__}, not a tensor"
-                assert tuple(m.shape) == shape, f"{case}: the mask has shape {tuple(m.shape)}, not {shape}"
-                assert torch.equal(w, before), f"{case} changed the weight it was given"
-                m = m.detach().float()
-                assert bool(((m == 0) | (m == 1)).all()), f"{case}: the mask holds values other than 0 and 1"
-                k, zeros = round(s * w.numel()), int((m == 0).sum())
-                assert zeros == k, (f"{case}: {zeros} zeros, but round({s:.4g}·{w.numel()}) = {k} are wanted"
-                                    + (" (|w| has ties at the threshold)" if tied else ""))
-                a = w.abs()
-                if 0 < k < w.numel():
-                    assert float(a[m == 0].max()) <= float(a[m == 1].min()), \
-                        f"{case}: a pruned weight has a larger |w| than a kept one"
-                if not tied:
-                    assert torch.equal(m, prune.magnitude_mask(w, s)), f"{case}: not the reference's mask"
-    return n
-
-
-def pitfalls_experiment() -> dict[str, int]:
-    """The lab's "predict, then run" experiment: what ``torch.nn.utils.prune``, hand-made masks, a threshold with
-    ties and a channel count really do. Deterministic; each entry is one prediction to make."""
-    import torch
-    from torch import nn
-    from torch.nn.utils import prune as torch_prune
-
-    from . import prune
-
-    torch.manual_seed(0)
-    layer = nn.Linear(8, 8)  # 64 weights, 8 biases
-    torch_prune.l1_unstructured(layer, "weight", amount=0.5)
-    out = {"parameters_after_l1_unstructured": sum(p.numel() for p in layer.parameters()),
-           "zeros_in_state_dict_weight_orig": int((layer.state_dict()["weight_orig"] == 0).sum())}
-    torch_prune.remove(layer, "weight")
-    out["zeros_after_prune_remove"] = int((layer.weight == 0).sum())
-
-    hand = nn.Linear(8, 8)  # zero half the weights by hand, then one SGD step without re-applying the mask
-    with torch.no_grad():
-        hand.weight.mul_(prune.magnitude_mask(hand.weight, 0.5))
-    opt = torch.optim.SGD(hand.parameters(), lr=0.1)
-    hand(torch.randn(16, 8)).pow(2).sum().backward()
-    opt.step()
-    out["zeros_after_one_step_by_hand"] = int((hand.weight == 0).sum())
-
-    w = torch.tensor([0.9, -0.2, 0.1, 0.2, -0.5, 0.2])  # prune 50 %: k = 3, and |w| = 0.2 three times
-    threshold = w.abs().kthvalue(3).values
-    out["zeros_with_kthvalue_threshold"] = int((w.abs() <= threshold).sum())  # mask = |w| > threshold
-    out["zeros_with_topk"] = int((prune.magnitude_mask(w, 0.5) == 0).sum())
-    out["channels_kept_prune_30pct_of_64_rounded"] = prune.channels_to_keep(64, 0.3)
-    out["channels_kept_prune_30pct_of_64_floored"] = int(64 * (1 - 0.3))
-    return out
-
-
-@exercise("00.2", "predictions", points=2, uses_seed=False,
-          goal="what torch.nn.utils.prune, hand-made masks, ties and channel counts really do",
-          hint="run the experiment cell after the question and read each number; the section 'Four things that "
-               "bite' explains each one")
-def _check_predictions(student, g) -> str:
-    measured = pitfalls_experiment()
-    assert isinstance(student, dict), f"predictions is a {type(student).__name__}; it must be a dict"
-    missing = [k for k in measured if k not in student]
-    assert not missing, f"predictions has no value for: {', '.join(missing)}"
-    wrong = [f"{k}: predicted {student[k]!r}, the run gives {v}" for k, v in measured.items() if student[k] != v]
-    assert not wrong, f"{len(wrong)} of {len(measured)} predictions differ from the run: " + "; ".join(wrong)
-    return "run"
-
-
-def _random_model(g, conv: bool):
-    """A small MLP or CNN whose layers have very different weight scales (so a global and a per-layer ranking
-    disagree)."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(_randint(g, 0, 2**31 - 1))
-    if conv:
-        c1, c2 = _randint(g, 2, 6), _randint(g, 2, 6)
-        model = nn.Sequential(nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
-                              nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                              nn.Linear(c2, 3))
-        example = torch.randn(4, 1, 6, 6, generator=g)
-    else:
-        a, b, c = _randint(g, 3, 9), _randint(g, 3, 9), _randint(g, 2, 5)
-        model = nn.Sequential(nn.Linear(a, b), nn.ReLU(), nn.Linear(b, b), nn.ReLU(), nn.Linear(b, c))
-        example = torch.randn(5, a, generator=g)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(10 ** _uniform(g, -1.5, 1.0))
-    return model.eval(), example
-
-
-def _state(model) -> dict[str, Any]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _unchanged(model, before: dict[str, Any]) -> bool:
-    import torch
-
-    now = model.state_dict()
-    return now.keys() == before.keys() and all(torch.equal(now[k], before[k]) for k in before)
-
-
-@exercise("00.3", "global_magnitude_masks", points=2, goal="one threshold over all layers: global ranking",
-          hint="equation (2) of the lab: rank |w| over every conv and linear weight together (not layer by layer), "
-               "prune the k = round(s·N) smallest, N the number of those weights; biases and BatchNorm stay; leave "
-               "the model as it was")
-def _check_global_masks(student, g) -> int:
-    import torch
-    from torch import nn
-
-    from . import prune
-
-    n = 0
-    for i in range(8):
-        model, _ = _random_model(g, conv=bool(i % 2))
-        s = _uniform(g, 0.1, 0.9)
-        before = _state(model)
-        case = f"global_magnitude_masks(model #{i + 1}: {_describe(model)}, sparsity={s:.4g})"
-        masks = _call(student, case, model, s)
-        n += 1
-        assert _unchanged(model, before) and not any(hasattr(m, "weight_orig") for m in model.modules()), \
-            f"{case} changed the model; return the masks and leave the weights as they are"
-        reference = copy.deepcopy(model)
-        prune.global_magnitude(reference, s)
-        want = prune.masks(reference)
-        assert isinstance(masks, dict), f"{case} returned {type(masks).__name__}, not a dict"
-        assert sorted(masks) == sorted(want), f"{case}: keys {sorted(masks)}, expected {sorted(want)}"
-        for key in want:
-            assert tuple(masks[key].shape) == tuple(want[key].shape), \
-                f"{case}: masks[{key!r}] has shape {tuple(masks[key].shape)}, not {tuple(want[key].shape)}"
-            m = masks[key].detach().float()
-            assert bool(((m == 0) | (m == 1)).all()), f"{case}: masks[{key!r}] holds values other than 0 and 1"
-        total = sum(m.numel() for m in want.values())
-        zeros = sum(int((masks[k].detach() == 0).sum()) for k in want)
-        k = round(s * total)
-        assert zeros == k, f"{case}: {zeros} zeros in all, but round({s:.4g}·{total}) = {k} are wanted"
-        weights = {f"{name}.weight": mod.weight.detach().abs() for name, mod in model.named_modules()
-                   if isinstance(mod, (nn.Conv2d, nn.Linear))}
-        pruned = torch.cat([weights[key][masks[key].detach() == 0] for key in want])
-        kept = torch.cat([weights[key][masks[key].detach() != 0] for key in want])
-        per_layer = {key: f"{float((masks[key].detach() == 0).float().mean()):.2f}" for key in want}
-        assert float(pruned.max()) <= float(kept.min()), (
-            f"{case}: a pruned |w| = {float(pruned.max()):.4g} is larger than a kept |w| = {float(kept.min()):.4g} "
-            f"in another layer; sparsity per layer {per_layer} (a global ranking gives the layers different "
-            f"sparsities)")
-        for key in want:
-            assert torch.equal(masks[key].detach().float(), want[key].float()), f"{case}: masks[{key!r}] differs"
-    return n
-
-
-def _describe(model) -> str:
-    from torch import nn
-
-    return " → ".join(f"{type(m).__name__}{tuple(m.weight.shape)}" for m in model.modules()
-                      if isinstance(m, (nn.Conv2d, nn.Linear)))
-
-
-@exercise("00.4", "sensitivity_scan", points=2, goal="prune one layer at a time to see which layers tolerate it",
-          hint="section 'Sensitivity scan': for each layer and each sparsity, prune only that layer (magnitude_mask "
-               "of its dense weight), evaluate, and put the dense weight back before the next sparsity and the next "
-               "layer; keys are the module names of the conv and linear layers")
-def _check_sensitivity(student, g) -> int:
-    import torch
-
-    from . import prune
-
-    n = 0
-    for i in range(6):
-        model, example = _random_model(g, conv=bool(i % 2))
-        target = model(example).detach()
-        evaluate = lambda m, x=example, t=target: float((m(x) - t).pow(2).mean())
-        sparsities = sorted(round(_uniform(g, 0.1, 0.95), 3) for _ in range(3))
-        before = _state(model)
-        case = f"sensitivity_scan(model #{i + 1}: {_describe(model)}, evaluate=output MSE, sparsities={sparsities})"
-        with torch.no_grad():
-            got = _call(student, case, model, evaluate, sparsities)
-        n += 1
-        assert _unchanged(model, before), f"{case} left the model changed: restore each layer after its scan"
-        want = prune.sensitivity_scan(copy.deepcopy(model), evaluate, sparsities)
-        assert isinstance(got, dict), f"{case} returned {type(got).__name__}, not a dict"
-        assert list(got) == list(want), f"{case}: layers {list(got)}, expected {list(want)} (in model order)"
-        for layer, values in want.items():
-            assert len(got[layer]) == len(values), f"{case}: layer {layer!r} has {len(got[layer])} values"
-            err = rel_error(got[layer], values)
-            assert err < 1e-5, (f"{case}: layer {layer!r}: {[round(float(v), 6) for v in got[layer]]}, the "
-                                f"reference gives {[round(v, 6) for v in values]} (relative error {err:.2g})")
-    return n
-
-
-@exercise("00.5", "prune_channels", points=3, goal="channel pruning that really shrinks the model",
-          hint="section 'Channel pruning': keep the n − round(r·n) filters with the largest L1 norm "
-               "(prune.channels_to_keep), in their original order; slice the conv's weight and bias, the BatchNorm's "
-               "weight, bias, running_mean and running_var with the same indices, and the next conv's input channels")
-def _check_prune_channels(student, g) -> int:
-    import torch
-    from torch import nn
-
-    from . import prune
-
-    n = 0
-    for i in range(8):
-        torch.manual_seed(_randint(g, 0, 2**31 - 1))
-        c_in, c, c2 = _randint(g, 1, 4), _randint(g, 4, 16), _randint(g, 2, 6)
-        bias = bool(i % 2)
-        model = nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=bias), nn.BatchNorm2d(c), nn.ReLU(),
-                              nn.Conv2d(c, c2, 3, padding=1))
-        bn = model[1]
-        bn.weight.data = torch.rand(c, generator=g) + 0.5
-        bn.bias.data = torch.rand(c, generator=g) - 0.5
-        bn.running_mean = torch.rand(c, generator=g) - 0.5
-        bn.running_var = torch.rand(c, generator=g) + 0.5
-        model.eval()
-        ratio = round(_uniform(g, 0.05, 0.9), 2)
-        example = torch.randn(2, c_in, 5, 5, generator=g)
-        n_keep = prune.channels_to_keep(c, ratio)
-        keep = prune.l1_keep(model[0], n_keep)
-        reference = copy.deepcopy(model)
-        prune.remove_channels(reference, example, {reference[0]: keep})
-        work = copy.deepcopy(model)
-        case = (f"prune_channels(Conv2d({c_in}, {c}, 3{', bias=False' if not bias else ''}), BatchNorm2d({c}), "
-                f"Conv2d({c}, {c2}, 3), ratio={ratio})")
-        out = _call(student, case, work[0], work[1], work[3], ratio)
-        n += 1
-        assert isinstance(out, (tuple, list)) and len(out) == 3, f"{case}: return (conv, bn, next_conv)"
-        conv, norm, nxt = out
-        assert conv.out_channels == n_keep and conv.weight.shape[0] == n_keep, (
-            f"{case}: the conv keeps {conv.weight.shape[0]} channels; pruning {ratio:.0%} of {c} keeps "
-            f"{c} − round({ratio}·{c}) = {n_keep}")
-        assert torch.equal(conv.weight.detach(), reference[0].weight.detach()), (
-            f"{case}: not the filters with the largest L1 norms; keep indices {keep.tolist()} (in this order)")
-        if bias:
-            assert conv.bias is not None and torch.equal(conv.bias.detach(), reference[0].bias.detach()), \
-                f"{case}: the conv's bias is not sliced with its filters"
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(norm, name)
-            assert t is not None and t.shape[0] == n_keep and torch.equal(t.detach(), getattr(reference[1], name)), (
-                f"{case}: the BatchNorm's {name} has {t.shape[0] if t is not None else 0} entries or other values; "
-                f"BatchNorm must be sliced with its conv (channels {keep.tolist()})")
-        assert norm.num_features == n_keep, f"{case}: bn.num_features is {norm.num_features}, not {n_keep}"
-        assert nxt.in_channels == n_keep and torch.equal(nxt.weight.detach(), reference[3].weight.detach()), (
-            f"{case}: the next conv must lose the same input channels ({keep.tolist()} kept)")
-        small = nn.Sequential(conv, norm, nn.ReLU(), nxt).eval()
-        with torch.no_grad():
-            err = rel_error(small(example), reference(example))
-        assert err < 1e-5, f"{case}: the pruned layers' output differs from the reference (relative error {err:.2g})"
-    return n
-
-
-@exercise("00.6", "conv_cost", points=2, goal="count parameters and multiply-accumulates (MACs) of a conv",
-          hint="equation (3) of the lab: params = C_out·(C_in/groups)·k_h·k_w (+ C_out for the bias); "
-               "MACs = H_out·W_out·C_out·(C_in/groups)·k_h·k_w with H_out = ⌊(H + 2p − d(k − 1) − 1)/s⌋ + 1 "
-               "(the bias adds no multiply)")
-def _check_conv_cost(student, g) -> int:
-    import torch
-    from torch import nn
-
-    from . import prune
-
-    n = 0
-    for i in range(16):
-        groups = (1, 1, 2, 4)[i % 4]
-        c_in, c_out = groups * _randint(g, 1, 4), groups * _randint(g, 1, 4)
-        kh, kw = _randint(g, 1, 5), _randint(g, 1, 5) if i % 3 else None
-        kernel = (kh, kw) if kw else kh
-        stride, padding, dilation = _randint(g, 1, 3), _randint(g, 0, 2), (1, 2)[i % 2]
-        h, w = _randint(g, 9, 20), _randint(g, 9, 20)
-        conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                         bias=bool(i % 2))
-        case = (f"conv_cost(Conv2d({c_in}, {c_out}, kernel_size={kernel}, stride={stride}, padding={padding}, "
-                f"dilation={dilation}, groups={groups}, bias={bool(i % 2)}), height={h}, width={w})")
-        got = _call(student, case, conv, h, w)
-        n += 1
-        want = (prune.count_parameters(conv), prune.count_macs(conv, torch.zeros(1, c_in, h, w)))
-        assert isinstance(got, (tuple, list)) and len(got) == 2, f"{case}: return (params, macs)"
-        assert int(got[0]) == want[0], f"{case}: {got[0]} parameters, the layer stores {want[0]}"
-        assert int(got[1]) == want[1], f"{case}: {got[1]} MACs, the layer does {want[1]} on one {h}×{w} input"
-    return n
 
 
 # ---------------------------------------------------------------- reading labs and submissions
@@ -669,7 +451,7 @@ def grade_namespace(namespace: dict[str, Any], ids: Sequence[str], seed: int, ou
     """Run the checks of ``ids`` on the names a submission defined (in its kernel); write one result per id."""
     results = {}
     for ex_id in ids:
-        ex = _lookup(ex_id)
+        ex = lookup(ex_id)
         if ex.name not in namespace:
             results[ex_id] = {"passed": False, "message": f"{ex.name} is not defined"}
             continue
@@ -761,7 +543,7 @@ def grade_one(path: Path, lab: str, lab_nb, seed: int, timeout: float, profile: 
             grade.problems.append(f"a solution cell has grade_id {ex_id!r}, which the lab does not have (renamed?)")
     runnable = []
     for ex_id in code_ids:
-        name = _lookup(ex_id).name
+        name = lookup(ex_id).name
         if ex_id in got and not defines(got[ex_id].source, name):
             grade.problems.append(f"exercise {ex_id}'s cell no longer defines {name} (renamed?)")
         elif ex_id in got:
@@ -771,9 +553,9 @@ def grade_one(path: Path, lab: str, lab_nb, seed: int, timeout: float, profile: 
             grade.answers[ex_id] = got[ex_id].source.strip()
     results: dict[str, Any] = {}
     if runnable:
-        results = _run_submission(grade, nb, runnable, seed, timeout, profile, cwd_files)
+        results = _run_submission(grade, nb, runnable, seed, timeout, profile, cwd_files, lab)
     for ex_id in code_ids:
-        ex = _lookup(ex_id)
+        ex = lookup(ex_id)
         r = results.get(ex_id)
         if r and r["passed"]:
             grade.points[ex_id] = float(ex.points)
@@ -787,12 +569,12 @@ def grade_one(path: Path, lab: str, lab_nb, seed: int, timeout: float, profile: 
 
 
 def _run_submission(grade: Grade, nb, ids: Sequence[str], seed: int, timeout: float, profile: str,
-                    cwd_files: Sequence[Path]) -> dict[str, Any]:
+                    cwd_files: Sequence[Path], lab: str) -> dict[str, Any]:
     import nbformat
 
     with tempfile.TemporaryDirectory(prefix="prunebook-grade-") as tmp:
         tmp = Path(tmp)
-        work = tmp / "work"
+        work = tmp / lab  # named as the lab's folder, with its modules: the kernel finds checks.py here
         work.mkdir()
         for f in cwd_files:
             shutil.copyfile(f, work / f.name)
@@ -846,6 +628,8 @@ def grade(submissions: Sequence[Path], seed: int, root: Path, lab: str | None = 
         raise CourseError(f"no submissions found in {', '.join(map(str, submissions))}")
     lab_name, lab_path = _which_lab(root, lab, files)
     lab_nb = read_notebook(lab_path)
+    if (lab_path.parent / CHECKS_FILE).is_file() and re.match(r"\d\d_", lab_path.parent.name):
+        use_lab(lab_path.parent)
     out = Path(out) if out is not None else root / "runs" / "course" / "grades"
     cwd_files = sorted(lab_path.parent.glob("*.py"))
 
@@ -872,7 +656,7 @@ def grade(submissions: Sequence[Path], seed: int, root: Path, lab: str | None = 
 
 
 def max_points(ids: Sequence[str]) -> float:
-    return float(sum(_lookup(i).points for i in ids))
+    return float(sum(lookup(i).points for i in ids))
 
 
 def _unique_names(grades: list[Grade]) -> None:
