@@ -1,7 +1,8 @@
 """Build the prunebook website: ``python book/build.py`` (what ``make book`` runs).
 
 Writes the Sphinx sources into ``_build/book_src/`` — the top README as the front page, each series' README as
-its section intro, every notebook with a note on the profile its stored outputs come from and how to run it, the
+its section intro, every notebook with a note on the profile its stored outputs come from and how to run it, each
+series' solved lab (``exercises.ipynb``) after its notebooks and the foundations lab as a section of its own, the
 claims dashboard and the figure gallery — then renders them into ``_build/book/`` with the configuration in this
 folder. Notebooks are never executed: their committed outputs are the content. Series and notebooks are found by
 globbing ``notebooks/NN_name/NN_*.ipynb``, as ``prunebook`` finds them.
@@ -28,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from prunebook import claims, cli, report
+from prunebook import claims, cli, course, report
 
 BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
@@ -157,7 +158,42 @@ def run_note(series: str, path: Path, nb: dict[str, Any], root: Path) -> str:
             f"([link](http://localhost:8888/lab/tree/{series}/{path.name}) while JupyterLab runs).\n```\n")
 
 
-def add_series(src: Sources, root: Path, series: str, notebooks: list[Path]) -> None:
+def lab_note(lab: str, nb: dict[str, Any]) -> str:
+    """The Markdown cell put under a lab's title: it is the solved lab, where its outputs come from, how to run it
+    and how to make the students' copies."""
+    profile = nb["metadata"].get("papermill", {}).get("parameters", {}).get("profile")
+    if not profile:  # a run with the default profile: the configuration cell prints it
+        printed = "".join("".join(out.get("text", "")) for cell in nb["cells"] if cell["cell_type"] == "code"
+                          for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+        match = re.search(r"^profile '(\w+)'", printed, re.M)
+        profile = match.group(1) if match else None
+    where = (f"the outputs of a run at the `{profile}` profile" if has_outputs(nb) and profile else
+             "its stored outputs" if has_outputs(nb) else "no stored outputs yet")
+    number = lab[:2]
+    return (f"```{{admonition}} The solved lab, and how to teach with it\n:class: note\n\n"
+            f"**This page is the solved lab** (the source of truth): every exercise with its solution, and {where}. "
+            f"Each `course.check` cell compares the function above it with the series' own code on fresh random "
+            f"cases (the lab folder's `checks.py`).\n\n"
+            f"**Students' copies**: `prunebook course build --series {number}` writes the handout without solutions, "
+            f"instructor notes or the outputs that give answers away. **Grading**: `prunebook course grade "
+            f"SUBMISSIONS --seed S --lab {number}`. **Run it**: open `{lab}/exercises.ipynb` in JupyterLab (`make "
+            f"lab`), or `papermill exercises.ipynb out.ipynb` in `notebooks/{lab}/`. The foundations lab's page "
+            f"(`00_pruning_basics`) explains the format, the handouts and the grader.\n```\n")
+
+
+def _page_notebook(src: Sources, root: Path, path: Path, note: str) -> None:
+    nb = json.loads(path.read_text())
+    cell = {"cell_type": "markdown", "id": "prunebook-run-note", "metadata": {}, "source": note}
+    nb["cells"].insert(1 if nb["cells"] and nb["cells"][0]["cell_type"] == "markdown" else 0, cell)
+    nb["nbformat_minor"] = max(nb.get("nbformat_minor", 0), 5)  # cell ids, which nbformat now expects
+    for i, c in enumerate(nb["cells"]):
+        c.setdefault("id", f"cell-{i}")
+    src.write(path.relative_to(root), json.dumps(nb))
+
+
+def add_series(src: Sources, root: Path, series: str, notebooks: list[Path], lab: Path | None = None) -> None:
+    """A series' section: its README, its notebooks and, when it has one, its lab (``exercises.ipynb``) last. A
+    folder with a lab and no series notebooks (the foundations lab) is a section of its own the same way."""
     folder = root / "notebooks" / series
     skip = {"smoke", "__pycache__", ".ipynb_checkpoints"}
     for path in sorted(folder.rglob("*")):
@@ -165,18 +201,14 @@ def add_series(src: Sources, root: Path, series: str, notebooks: list[Path]) -> 
         if path.is_file() and not skip & set(rel.parts) and path.suffix not in (".md", ".ipynb"):
             src.copy(rel, path)
     for path in notebooks:
-        nb = json.loads(path.read_text())
-        note = {"cell_type": "markdown", "id": "prunebook-run-note", "metadata": {},
-                "source": run_note(series, path, nb, root)}
-        nb["cells"].insert(1 if nb["cells"] and nb["cells"][0]["cell_type"] == "markdown" else 0, note)
-        nb["nbformat_minor"] = max(nb.get("nbformat_minor", 0), 5)  # cell ids, which nbformat now expects
-        for i, cell in enumerate(nb["cells"]):
-            cell.setdefault("id", f"cell-{i}")
-        src.write(path.relative_to(root), json.dumps(nb))
+        _page_notebook(src, root, path, run_note(series, path, json.loads(path.read_text()), root))
+    if lab is not None:
+        _page_notebook(src, root, lab, lab_note(series, json.loads(lab.read_text())))
     readme = folder / "README.md"
     text = readme.read_text() if readme.is_file() else f"# {series}\n"
     page = f"notebooks/{series}/README.md"
-    src.write(page, fix_links(text, page, src, root) + toctree([p.stem for p in notebooks], hidden=True))
+    pages = [p.stem for p in notebooks] + ([lab.stem] if lab is not None else [])
+    src.write(page, fix_links(text, page, src, root) + toctree(pages, hidden=True))
 
 
 # ---------------------------------------------------------------- the dashboard
@@ -303,8 +335,12 @@ def gallery(src: Sources, root: Path, series: dict[str, list[Path]]) -> str:
 def write_sources(root: Path = ROOT, folder: Path = SRC) -> Sources:
     src = Sources(folder)
     series = cli.all_series(root)
+    labs = course.repo_labs(root)  # folder name → its solved lab, exercises.ipynb
     for name, notebooks in series.items():
-        add_series(src, root, name, notebooks)
+        add_series(src, root, name, notebooks, labs.get(name))
+    foundations = [name for name in labs if name not in series]  # labs before the series (00_pruning_basics)
+    for name in foundations:  # after the series: their READMEs link into the series' labs
+        add_series(src, root, name, [], labs[name])
     index = root / "notebooks" / "README.md"
     if index.is_file():
         src.write("notebooks/README.md", fix_links(index.read_text(), "notebooks/README.md", src, root))
@@ -313,8 +349,10 @@ def write_sources(root: Path = ROOT, folder: Path = SRC) -> Sources:
     front = (root / "README.md").read_text() if (root / "README.md").is_file() else "# prunebook\n"
     pages = [f"notebooks/{name}/README" for name in series]
     across = ["dashboard", "gallery"] + ["notebooks/README"] * index.is_file()
-    src.write("index.md", fix_links(front, "README.md", src, root) + toctree(pages, "Series", hidden=True)
-              + toctree(across, "Across the series", hidden=True))
+    course_pages = [f"notebooks/{name}/README" for name in foundations]
+    src.write("index.md", fix_links(front, "README.md", src, root)
+              + (toctree(course_pages, "Course", hidden=True) if course_pages else "")
+              + toctree(pages, "Series", hidden=True) + toctree(across, "Across the series", hidden=True))
     src.prune()
     return src
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from prunebook import claims, cli, report
+from prunebook import claims, cli, course, report
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "_build" / "book"
@@ -91,6 +91,9 @@ def test_the_site_in_a_browser(book):
     series = cli.all_series(ROOT)
     pages = ["index.html", "dashboard.html", "gallery.html"] + [f"notebooks/{s}/README.html" for s in series]
     pages += [f"notebooks/{s}/{nbs[0].stem}.html" for s, nbs in series.items()]
+    labs = course.repo_labs(ROOT)  # each solved lab on its series' pages; the foundations lab a section of its own
+    pages += [f"notebooks/{lab}/exercises.html" for lab in labs]
+    pages += [f"notebooks/{lab}/README.html" for lab in labs if lab not in series]
     with book.serve(OUT) as base, book.chromium() as browser:
         browser.set_window_size(1400, 1000)
         for page in pages:
@@ -99,6 +102,11 @@ def test_the_site_in_a_browser(book):
             assert not page_seen["not loaded"], (page, page_seen)
             assert not page_seen["broken links"], (page, page_seen)
             assert page_seen["links"] > 10, (page, page_seen)  # the navigation at least
+        for lab in labs:  # the solved lab, with its note for instructors and its checks' outputs
+            browser.get(base + f"notebooks/{lab}/exercises.html")
+            text = browser.execute_script("return document.body.innerText")
+            assert "This page is the solved lab" in text and f"prunebook course build --series {lab[:2]}" in text
+            assert f"{lab[:2]}.1 passed" in text
         assert page_report(browser, base, "gallery.html")["images"] >= len(list(
             ROOT.glob("notebooks/*/figures/cpu/*.png")))
 
