@@ -117,6 +117,29 @@ def test_uniform_and_guided_architectures_hit_the_flop_target():
     assert R.stage_keep_fractions(R.vgg_arch(11, base), R.vgg_arch(11, base)) == [1.0] * 5
 
 
+def test_uniform_and_guided_architectures_hit_the_parameter_target():
+    base = R.vgg_widths(11, 0.25)
+    full = R.params(R.vgg_arch(11, base))
+    assert full == prune.count_parameters(R.build(R.vgg_arch(11, base)))
+    target = 0.3 * full
+    uni = R.vgg_for_params(11, base, target, X3)
+    guided = R.vgg_for_params(11, base, target, X3, stage_fractions=[1.0, 0.8, 0.6, 0.3, 0.2])
+    for a in (uni, guided):
+        assert abs(R.params(a) / target - 1) < 0.05
+    # at equal parameters, keeping the early (cheap in parameters, costly in FLOPs) stages wide costs more FLOPs
+    assert R.macs(guided, X3) > R.macs(uni, X3)
+    with pytest.raises(ValueError):
+        R.vgg_matched(11, base, target, X3, by="latency")
+
+
+def test_latency_side_by_side_pairs_rounds_and_leaves_no_graph():
+    small, large = R.build(R.vgg_arch(11, R.vgg_widths(11, 0.125))), R.build(R.vgg_arch(11, R.vgg_widths(11, 0.5)))
+    out = R.latency_side_by_side({"small": small, "large": large}, X3.repeat(4, 1, 1, 1), rounds=3, repeats=2,
+                                 warmup=1)
+    assert set(out) == {"small", "large"} and all(len(v) == 3 and min(v) > 0 for v in out.values())
+    assert not small.training and not large.training
+
+
 # ---------------------------------------------------------------- unstructured pruning and tickets
 
 

@@ -11,8 +11,9 @@ notebooks answer it with the pieces below.
 - L1-norm filter pruning (Li et al., 2017), a *predefined* target architecture: :func:`resnet_l1_widths`,
   :func:`vgg_l1_widths`, :func:`filters_to_keep`, :func:`l1_prune` (on ``prunebook.prune.l1_keep``).
 - Network slimming (Liu et al., 2017), an *automatic* one: :func:`slim_prune` (on
-  ``prunebook.prune.slimming_keep``); :func:`vgg_for_macs` builds the uniformly thinned and the guided VGGs it
-  is compared with.
+  ``prunebook.prune.slimming_keep``); :func:`vgg_for_params` builds the uniformly thinned and the guided VGGs it
+  is compared with at equal parameter count, as the paper does (:func:`vgg_for_macs` at equal FLOPs, a second
+  view); :func:`latency_side_by_side` times models in interleaved rounds.
 - Both remove channels through ``prunebook.prune.remove_channels`` (torch-pruning: the model really shrinks).
 - Unstructured magnitude pruning (Han et al., 2015) and lottery tickets (Frankle & Carbin, 2019):
   :func:`magnitude_masks` (and :func:`magnitude_masks_of`, with its cache key), :func:`apply_masks`,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -274,6 +276,30 @@ def vgg_for_macs(depth: int, base: Sequence[int], target_macs: float, example: t
     """The VGG with ``target_macs`` multiply-accumulates (the closest one) whose every conv of stage s keeps
     ``stage_fractions[s]`` of its ``base`` width, all scaled together: *guided pruning* (the paper's Section 5)
     with a per-stage pattern, *uniform pruning* (every layer the same fraction of ``base``) without one."""
+    return vgg_matched(depth, base, target_macs, example, stage_fractions, classifier, num_classes, by="macs")
+
+
+def vgg_for_params(depth: int, base: Sequence[int], target_params: float, example: torch.Tensor,
+                   stage_fractions: Sequence[float] | None = None, classifier: str = "linear",
+                   num_classes: int = 10) -> dict[str, Any]:
+    """As :func:`vgg_for_macs`, but the VGG with ``target_params`` parameters (the closest one): the paper compares
+    pruned, guided and uniform architectures at equal parameter count (its Figures 3 and 5)."""
+    return vgg_matched(depth, base, target_params, example, stage_fractions, classifier, num_classes, by="params")
+
+
+def params(arch: dict[str, Any]) -> int:
+    """Parameters of an architecture spec (built on the ``meta`` device: shapes only)."""
+    with torch.device("meta"):
+        return prune.count_parameters(build(arch))
+
+
+def vgg_matched(depth: int, base: Sequence[int], target: float, example: torch.Tensor,
+                stage_fractions: Sequence[float] | None = None, classifier: str = "linear", num_classes: int = 10,
+                by: str = "params") -> dict[str, Any]:
+    """The VGG whose size ``by`` (``"params"`` or ``"macs"``) is closest to ``target``, every conv of stage s keeping
+    ``stage_fractions[s]`` of its ``base`` width (all 1 for a uniform network), the fractions scaled together."""
+    if by not in ("params", "macs"):
+        raise ValueError(f"by={by!r}; choose 'params' or 'macs'")
     in_ch, stages = int(example.shape[1]), vgg_stages(depth)
     fractions = [1.0] * (max(stages) + 1) if stage_fractions is None else list(stage_fractions)
 
@@ -281,21 +307,45 @@ def vgg_for_macs(depth: int, base: Sequence[int], target_macs: float, example: t
         widths = [max(1, round(w * min(1.0, fractions[s] * f))) for w, s in zip(base, stages)]
         return vgg_arch(depth, widths, classifier, in_ch, num_classes)
 
-    return _closest_in_macs(arch, 1.0 / max(min(fractions), 1e-3), target_macs, example, steps=40)
+    size = (lambda a: macs(a, example)) if by == "macs" else params
+    return _closest(arch, size, 1.0 / max(min(fractions), 1e-3), target, steps=40)
 
 
-def _closest_in_macs(arch: Callable[[float], dict[str, Any]], hi: float, target_macs: float, example: torch.Tensor,
-                     steps: int) -> dict[str, Any]:
-    """Bisect the width factor f in [0, hi] of ``arch(f)`` (MACs grow with f) and return the architecture at either
-    end of the final interval whose MACs are closest to ``target_macs``."""
+def _closest(arch: Callable[[float], dict[str, Any]], size: Callable[[dict[str, Any]], float], hi: float,
+             target: float, steps: int) -> dict[str, Any]:
+    """Bisect the width factor f in [0, hi] of ``arch(f)`` (``size`` grows with f) and return the architecture at
+    either end of the final interval whose size is closest to ``target``."""
     lo = 0.0
     for _ in range(steps):
         mid = (lo + hi) / 2
-        if macs(arch(mid), example) < target_macs:
+        if size(arch(mid)) < target:
             lo = mid
         else:
             hi = mid
-    return min((arch(f) for f in (lo, hi)), key=lambda a: abs(macs(a, example) - target_macs))
+    return min((arch(f) for f in (lo, hi)), key=lambda a: abs(size(a) - target))
+
+
+@torch.no_grad()
+def latency_side_by_side(models: dict[str, nn.Module], batch: torch.Tensor, rounds: int = 15, repeats: int = 5,
+                         warmup: int = 3) -> dict[str, list[float]]:
+    """Forward-pass milliseconds of several models timed in one process, in interleaved rounds: each round times
+    every model (``repeats`` passes, their median) in turn, so a slower or busier stretch of the machine hits all
+    of them alike. Returns, per model, one median per round (the rounds pair the models)."""
+    for m in models.values():
+        m.eval()
+        for _ in range(warmup):
+            m(batch)
+    out: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(rounds):
+        order = list(models) if r % 2 == 0 else list(models)[::-1]
+        for name in order:
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                models[name](batch)
+                times.append((time.perf_counter() - t0) * 1000)
+            out[name].append(statistics.median(times))
+    return out
 
 
 # ---------------------------------------------------------------- unstructured pruning and lottery tickets
