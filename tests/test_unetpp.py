@@ -165,15 +165,31 @@ def test_nuclei_loader_shapes_and_foreground_fraction():
 
 def test_spatial_split_partitions_the_columns():
     ims = [{"name": "a", "image": np.zeros((8, 512), np.float32), "mask": np.zeros((8, 512), bool)}]
-    sp = U.spatial_split(ims)
+    sp = U.spatial_split(ims)  # fold 3, seed 0's
     widths = [sp[k][0]["image"].shape[1] for k in ("train", "val", "test")]
     assert widths == [320, 64, 128] and sum(widths) == 512
+    covered = []
+    for fold in range(4):
+        spans = U.fold_spans(fold)
+        cols = sorted(c for split in spans.values() for a, b in split for c in range(round(8 * a), round(8 * b)))
+        assert cols == list(range(8))  # every block once per fold
+        assert sum(b - a for a, b in spans["test"]) == 0.25 and sum(b - a for a, b in spans["train"]) == 0.625
+        covered += [c for a, b in spans["test"] for c in range(round(8 * a), round(8 * b))]
+        sp = U.spatial_split(ims, fold)
+        assert sum(r["image"].shape[1] for rs in sp.values() for r in rs) == 512
+    assert sorted(covered) == list(range(8))  # the four folds test every column once
+    assert [U.fold_of(s) for s in range(5)] == [3, 2, 1, 0, 3]
 
 
 def test_patches_and_whole_region_prediction_shapes():
     ims = [{"name": "a", "image": np.random.rand(70, 90).astype(np.float32), "mask": np.zeros((70, 90), bool)}]
     x, y = U.sample_patches(ims, 5, 32, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (5, 1, 32, 32)
+    pieces = U.spatial_split([{**ims[0], "image": np.random.rand(40, 512).astype(np.float32),
+                               "mask": np.zeros((40, 512), bool)}], fold=1)["train"]
+    assert len(pieces) == 2  # two pieces of one image, sampled as one image
+    x, y = U.sample_patches(pieces, 6, 32, torch.Generator().manual_seed(0))
+    assert x.shape == (6, 1, 32, 32)
     m = U.build("UNet++ DS", filters=(2, 4, 8, 16, 32))
     p = U.predict_region(m, ims[0]["image"], level=3, tile=32)
     assert p.shape == (3, 70, 90) and (p >= 0).all() and (p <= 1).all()
@@ -187,11 +203,21 @@ def test_head_prior_starts_every_head_at_the_foreground_log_odds():
     m.set_head_prior(0.1)
     for head in m.heads.values():
         assert torch.allclose(head.bias, torch.full_like(head.bias, float(np.log(0.1 / 0.9))))
-    # with zero weights every pixel starts at the prior, on the background side of the 0.5 threshold
+    # the weights start small, so every pixel starts near the prior, on the background side of the 0.5 threshold
     for head in m.heads.values():
-        head.weight.data.zero_()
+        assert float(head.weight.abs().max()) < 0.05
     p = torch.sigmoid(m.eval()(X)[-1])
-    assert torch.allclose(p, torch.full_like(p, 0.1), atol=1e-6)
+    assert float(p.max()) < 0.2 and float(p.min()) > 0.05
+
+
+def test_a_head_with_all_negative_weights_on_relu_features_cannot_call_foreground():
+    """The trap that set_head_prior's small weights avoid: x^{0,j} ≥ 0 after its ReLU, so with every weight < 0
+    the logit is at most the (negative) prior bias at every pixel."""
+    m = U.build("UNet++ DS", filters=(2, 4, 8, 16, 32))
+    m.set_head_prior(0.1)
+    m.heads["4"].weight.data = -m.heads["4"].weight.data.abs() - 0.3
+    logits = m.eval()(torch.randn(2, 1, 32, 32) * 5)[-1]
+    assert float(logits.max()) <= float(np.log(0.1 / 0.9)) + 1e-6
 
 
 def test_foreground_fraction_pools_pixels():
@@ -202,7 +228,7 @@ def test_foreground_fraction_pools_pixels():
 
 def test_run_key_carries_the_code_version_and_the_prior():
     key = U.run_key("UNet++", {}, U.Recipe(), {"data": "x"}, 0, prior=0.123456789)
-    assert key["code"] == U.CODE_VERSION >= 2
+    assert key["code"] == U.CODE_VERSION >= 3
     assert key["head_prior"] == pytest.approx(0.123457)
 
 
