@@ -17,6 +17,9 @@ PREAMBLE = "import torch\nfrom torch import nn\nfrom prunebook import course, pr
 LAB_01 = ROOT / "notebooks" / "01_ap" / "exercises.ipynb"
 IDS_01 = ["01.1", "01.2", "01.3", "01.4", "01.5"]
 PREAMBLE_01 = "import torch\nfrom torch import nn\nimport ap\nfrom prunebook import course, prune\n"
+LAB_05 = ROOT / "notebooks" / "05_dependencyvit" / "exercises.ipynb"
+IDS_05 = ["05.1", "05.2", "05.3", "05.4", "05.5"]
+PREAMBLE_05 = "import torch\nimport dependencyvit as dv\nfrom prunebook import course\n"
 
 
 def lab():
@@ -49,7 +52,9 @@ def test_every_solution_passes_its_check(solved, ex_id, seed, capsys):
 
 
 def test_every_stub_fails_with_not_implemented():
-    for nb, preamble in ((lab(), PREAMBLE), (nbformat.read(str(LAB_01), as_version=4), PREAMBLE_01)):
+    course.lab_checks("05")  # puts the 05 lab's folder (dependencyvit.py) on sys.path for its preamble
+    for nb, preamble in ((lab(), PREAMBLE), (nbformat.read(str(LAB_01), as_version=4), PREAMBLE_01),
+                         (nbformat.read(str(LAB_05), as_version=4), PREAMBLE_05)):
         ns: dict = {}
         exec(preamble, ns)
         for ex_id, cell in course.exercise_cells(course.student_copy(nb)).items():
@@ -607,3 +612,116 @@ def test_each_01_check_rejects_plausible_wrong_answers(ex_id, mistake):
 def test_the_01_experiment_is_what_the_lab_predicts():
     assert course.lab_checks("01").ap_experiment() == PREDICTED_01
     course.check("01.5", dict(PREDICTED_01), quiet=True)
+
+
+# ---------------------------------------------------------------- the 05_dependencyvit lab: against dependencyvit.py
+
+
+@pytest.fixture(scope="module")
+def solved_05():
+    course.lab_checks("05")  # puts the lab folder (dependencyvit.py) on sys.path
+    return namespace(nbformat.read(str(LAB_05), as_version=4), PREAMBLE_05)
+
+
+def test_the_05_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it():
+    test_each_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it(LAB_05, IDS_05, "05_dependencyvit")
+
+
+@pytest.mark.parametrize("ex_id, seeds", [("05.1", [0, 7]), ("05.2", [0, 7]), ("05.3", [0, 7]), ("05.4", [0]),
+                                          ("05.5", [0])])
+def test_every_05_solution_passes_its_check(solved_05, ex_id, seeds, capsys):
+    for seed in seeds:
+        course.check(ex_id, solved_05[course.lookup(ex_id).name], seed=seed)
+        assert f"{ex_id} passed" in capsys.readouterr().out
+
+
+def _reversed(transpose=True, gate="child", heads="sum"):
+    def reversed_attention(a, p, m, v):
+        gated = a * p.unsqueeze(-1) * (m[:, None, :, None] if gate == "child" else m[:, None, None, :])
+        sent = gated.transpose(-2, -1) if transpose else gated
+        return sent @ v, (sent.sum(1) if heads == "sum" else sent.mean(1))
+    return reversed_attention
+
+
+def _parents(axis=0, repair="most"):
+    def tree_parents(mask):
+        mask = torch.as_tensor(mask, dtype=torch.float64)
+        parent = mask.argmax(dim=axis).tolist()
+        received = mask.sum(dim=1).tolist()
+        if repair is None:
+            return parent
+        state = [0] * len(parent)
+        for start in range(len(parent)):
+            walk, i = [], start
+            while state[i] == 0:
+                state[i] = 1
+                walk.append(i)
+                i = parent[i]
+            if state[i] == 1:
+                loop = walk[walk.index(i):]
+                if len(loop) > 1:
+                    by_mass = sorted(loop, key=received.__getitem__)  # stable: ties keep the walk's order
+                    root = {"most": max(loop, key=received.__getitem__), "least": by_mass[0], "first": loop[0]}[repair]
+                    parent[root] = root
+            for j in walk:
+                state[j] = 2
+        return parent
+    return tree_parents
+
+
+def _keep(count=round, lowest=False, order="position"):
+    def lite_keep(m, keep):
+        k = max(1, count(m.shape[1] * keep))
+        idx = m.topk(k, dim=1, largest=not lowest).indices
+        return idx.sort(dim=1).values if order == "position" else idx
+    return lite_keep
+
+
+def _labels(heads_by="received", self_counts=True):
+    def subtree_labels(mask, k):
+        parent = _parents()(mask)
+        mask = torch.as_tensor(mask, dtype=torch.float64)
+        score = mask.sum(dim=1) if heads_by == "received" else mask.sum(dim=0)
+        heads = torch.argsort(-score, stable=True)[:k].tolist() if heads_by != "roots" else []
+        stop = [parent[i] == i or i in heads for i in range(len(parent))]
+        labels = []
+        for i in range(len(parent)):
+            j = i if self_counts or stop[i] and parent[i] == i else parent[i]
+            while not stop[j]:
+                j = parent[j]
+            labels.append(j)
+        return labels
+    return subtree_labels
+
+
+PREDICTED_05 = {"column_sum_of_child_2": 0.1, "parents_change_when_m_is_set_to_1": False,
+                "reversed_equals_ordinary_attention": False, "cycles_broken": 2, "roots": 3, "root_of_the_pair_4_5": 5,
+                "tokens_after_the_second_pruning_layer": 33}
+
+WRONG_05 = {
+    "05.1": {"ordinary attention, A V": _reversed(transpose=False),
+             "M gating the parents' columns": _reversed(gate="parent"),
+             "the mask averaged over heads": _reversed(heads="mean")},
+    "05.2": {"argmax along the rows": _parents(axis=1), "no cycle repair": _parents(repair=None),
+             "the cycle broken at the member receiving least": _parents(repair="least"),
+             "the cycle broken at the first member met": _parents(repair="first")},
+    "05.3": {"floor, not round": _keep(count=int), "the lowest M kept": _keep(lowest=True),
+             "indices in score order": _keep(order="score")},
+    "05.4": {"heads by what they send (column sums)": _labels(heads_by="sent"),
+             "the roots only as heads": _labels(heads_by="roots"),
+             "the token itself not on its path": _labels(self_counts=False)},
+    "05.5": {"a column sums to 1": {**PREDICTED_05, "column_sum_of_child_2": 1.0},
+             "M moves the parents": {**PREDICTED_05, "parents_change_when_m_is_set_to_1": True},
+             "keep of the survivors, not of the original tokens": {**PREDICTED_05,
+                                                                    "tokens_after_the_second_pruning_layer": 28}},
+}
+
+
+@pytest.mark.parametrize("ex_id, mistake", [(e, m) for e, ms in WRONG_05.items() for m in ms])
+def test_each_05_check_rejects_plausible_wrong_answers(solved_05, ex_id, mistake):
+    with pytest.raises(AssertionError, match=re.escape(ex_id)):
+        course.check(ex_id, WRONG_05[ex_id][mistake], quiet=True)
+
+
+def test_the_05_experiment_is_what_the_lab_predicts():
+    assert course.lab_checks("05").dependency_experiment() == PREDICTED_05
