@@ -432,3 +432,15 @@ def test_tune_n_min_takes_the_smallest_value_that_passes_on_every_tuning_stream(
     ari[300, 7] = (0.5, 0.5)
     ari[500, 7] = (0.5, 0.5)   # none passes: the largest mean ARI (100: 0.8, 300: 0.725, 500: 0.75)
     assert ihomer.tune_n_min([100, 300, 500], [7, 8], 1000, 500, 0.8, 0.6)[0] == 100
+
+
+def test_topic_stream_changes_generator_at_the_drift():
+    s = ihomer.topic_stream(400, drift_at=200, seed=3)
+    assert s.X.shape == (400, 20) and s.Y.shape == (400, 10)
+    from sklearn.datasets import make_multilabel_classification
+
+    X0, Y0 = make_multilabel_classification(n_samples=200, n_features=20, n_classes=10, n_labels=2,
+                                            allow_unlabeled=True, random_state=3)
+    assert np.array_equal(s.X[:200], X0) and np.array_equal(s.Y[:200], Y0.astype(bool))
+    assert not np.array_equal(s.X[200:], X0)
+    assert np.array_equal(ihomer.topic_stream(400, drift_at=200, seed=3).Y, s.Y)

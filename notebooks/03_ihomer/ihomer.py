@@ -175,6 +175,28 @@ def drifting_blocks(n: int = 10_000, *, n_labels: int = 16, n_blocks: int = 4, d
     return MLStream("Synthetic blocks", X, Y, features, labels, info)
 
 
+def topic_stream(n: int = 3_000, *, n_labels: int = 10, n_features: int = 20, drift_at: int | None = 1_500,
+                 seed: int = 0) -> MLStream:
+    """A multi-label stream from scikit-learn's ``make_multilabel_classification`` (a bag-of-words topic model: each
+    instance draws a number of labels, the labels from their prior, and word counts from the labels' word
+    distributions), streamed in its order. At ``drift_at`` a second draw of the generator (other priors and word
+    distributions) takes over: an abrupt drift. Nothing in it is shaped for label clustering: the labels depend on
+    each other only through the number of labels per instance."""
+    from sklearn.datasets import make_multilabel_classification
+
+    drift = n if drift_at is None else int(drift_at)
+    parts = []
+    for k, size in enumerate((drift, n - drift)):
+        if size:
+            X, Y = make_multilabel_classification(n_samples=size, n_features=n_features, n_classes=n_labels,
+                                                  n_labels=2, allow_unlabeled=True, random_state=seed + 10_000 * k)
+            parts.append((X.astype(float), Y.astype(bool)))
+    X = np.concatenate([p[0] for p in parts])
+    Y = np.concatenate([p[1] for p in parts])
+    return MLStream("sklearn topics", X, Y, [f"w{j}" for j in range(n_features)], [f"y{j}" for j in range(n_labels)],
+                    {"drift_at": drift_at, "seed": seed})
+
+
 # ------------------------------------------------------------------------------------------------ ARFF (paper profile)
 
 # The 22 datasets of the paper's tables (names as in its result files) and the ARFF file stems they usually have in
