@@ -20,6 +20,9 @@ PREAMBLE_01 = "import torch\nfrom torch import nn\nimport ap\nfrom prunebook imp
 LAB_05 = ROOT / "notebooks" / "05_dependencyvit" / "exercises.ipynb"
 IDS_05 = ["05.1", "05.2", "05.3", "05.4", "05.5"]
 PREAMBLE_05 = "import torch\nimport dependencyvit as dv\nfrom prunebook import course\n"
+LAB_04 = ROOT / "notebooks" / "04_vtrans" / "exercises.ipynb"
+IDS_04 = ["04.1", "04.2", "04.3", "04.4", "04.5"]
+PREAMBLE_04 = "import torch\nimport vtrans as V\nfrom prunebook import course\n"
 
 
 def lab():
@@ -52,9 +55,11 @@ def test_every_solution_passes_its_check(solved, ex_id, seed, capsys):
 
 
 def test_every_stub_fails_with_not_implemented():
-    course.lab_checks("05")  # puts the 05 lab's folder (dependencyvit.py) on sys.path for its preamble
+    course.lab_checks("05")  # put the labs' folders (dependencyvit.py, vtrans/) on sys.path for their preambles
+    course.lab_checks("04")
     for nb, preamble in ((lab(), PREAMBLE), (nbformat.read(str(LAB_01), as_version=4), PREAMBLE_01),
-                         (nbformat.read(str(LAB_05), as_version=4), PREAMBLE_05)):
+                         (nbformat.read(str(LAB_05), as_version=4), PREAMBLE_05),
+                         (nbformat.read(str(LAB_04), as_version=4), PREAMBLE_04)):
         ns: dict = {}
         exec(preamble, ns)
         for ex_id, cell in course.exercise_cells(course.student_copy(nb)).items():
@@ -628,10 +633,12 @@ def test_the_05_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it():
 
 
 @pytest.mark.parametrize("ex_id, seeds", [("05.1", [0, 7]), ("05.2", [0, 7]), ("05.3", [0, 7]), ("05.4", [0]),
-                                          ("05.5", [0])])
-def test_every_05_solution_passes_its_check(solved_05, ex_id, seeds, capsys):
+                                          ("05.5", [0]), ("04.1", [0, 7]), ("04.2", [0, 7]), ("04.3", [0]),
+                                          ("04.4", [0, 7]), ("04.5", [0])])
+def test_every_05_and_04_solution_passes_its_check(request, ex_id, seeds, capsys):
+    solved = request.getfixturevalue(f"solved_{ex_id[:2]}")
     for seed in seeds:
-        course.check(ex_id, solved_05[course.lookup(ex_id).name], seed=seed)
+        course.check(ex_id, solved[course.lookup(ex_id).name], seed=seed)
         assert f"{ex_id} passed" in capsys.readouterr().out
 
 
@@ -717,11 +724,86 @@ WRONG_05 = {
 }
 
 
-@pytest.mark.parametrize("ex_id, mistake", [(e, m) for e, ms in WRONG_05.items() for m in ms])
-def test_each_05_check_rejects_plausible_wrong_answers(solved_05, ex_id, mistake):
-    with pytest.raises(AssertionError, match=re.escape(ex_id)):
-        course.check(ex_id, WRONG_05[ex_id][mistake], quiet=True)
 
 
 def test_the_05_experiment_is_what_the_lab_predicts():
     assert course.lab_checks("05").dependency_experiment() == PREDICTED_05
+
+
+# ---------------------------------------------------------------- the 04_vtrans lab: against the vtrans package
+
+
+@pytest.fixture(scope="module")
+def solved_04():
+    course.lab_checks("04")  # puts the lab folder (vtrans/) on sys.path
+    return namespace(nbformat.read(str(LAB_04), as_version=4), PREAMBLE_04)
+
+
+def test_the_04_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it():
+    test_each_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it(LAB_04, IDS_04, "04_vtrans")
+
+
+
+
+def _size(embeddings=True, layer_norms=True, ln_when_off=False):
+    def bert_size(shape, hidden, heads, inner, attn_on, ffn_on):
+        H, dh, P = hidden, shape.head_dim, shape.pooler
+        ln = 2 * H if layer_norms else 0
+        size = ((shape.vocab + shape.max_positions + shape.type_vocab) * H if embeddings else 0) + ln
+        for h, f, a, b in zip(heads, inner, attn_on, ffn_on):
+            size += a * (4 * H * h * dh + 3 * h * dh + H) + (ln if a or ln_when_off and h else 0)
+            size += b * (2 * H * f + f + H) + (ln if b or ln_when_off and f else 0)
+        return size + H * P + P + P * shape.num_labels + shape.num_labels
+    return bert_size
+
+
+def _slice(columns="blocks", which="keep", biases=True):
+    def slice_heads(attn, keep):
+        import vtrans as V
+
+        dh, n = attn.head_dim, int(keep.sum())
+        heads = keep.nonzero().flatten().tolist() if which == "keep" else list(range(n))
+        cols = torch.cat([torch.arange(j * dh, (j + 1) * dh) if columns == "blocks" else
+                          torch.arange(j, attn.heads * dh, attn.heads) for j in heads])
+        small = V.bert.Attention(attn.o.out_features, n, dh, attn.ln.eps, 0.0).to(attn.o.weight.dtype)
+        with torch.no_grad():
+            for w in ("q", "k", "v"):
+                getattr(small, w).weight.copy_(getattr(attn, w).weight[cols])
+                getattr(small, w).bias.copy_(getattr(attn, w).bias[cols] if biases else getattr(attn, w).bias)
+            small.o.weight.copy_(attn.o.weight[:, cols])
+            small.o.bias.copy_(attn.o.bias)
+            small.ln.load_state_dict(attn.ln.state_dict())
+        return small
+    return slice_heads
+
+
+PREDICTED_04 = {"minilm_parameters_in_millions": 22.7, "embedding_share_percent": 52, "saved_by_one_head": 49248,
+                "saved_by_one_hidden_dimension": 59106, "sparsity_percent_with_every_ffn_removed": 31,
+                "kl_of_the_unit_with_mu_0": 0.0, "kept_mu_0_6_sigma2_0_25": True}
+
+WRONG_04 = {
+    "04.1": {"σ for σ²": lambda mu, ls: 0.5 * torch.log1p(mu**2 / (0.5 * ls).exp()).sum(),
+             "a mean over units": lambda mu, ls: 0.5 * torch.log1p(mu**2 / ls.exp()).mean(),
+             "no ½": lambda mu, ls: torch.log1p(mu**2 / ls.exp()).sum()},
+    "04.2": {"log α = 0 kept": lambda mu, ls: ls - torch.log(mu**2 + 1e-8) <= 0,
+             "the rule reversed": lambda mu, ls: ls - torch.log(mu**2 + 1e-8) > 0,
+             "|μ| > σ²": lambda mu, ls: mu.abs() > ls.exp()},
+    "04.3": {"no embedding tables": _size(embeddings=False), "no LayerNorms": _size(layer_norms=False),
+             "a sublayer that is off keeps its LayerNorm": _size(ln_when_off=True)},
+    "04.4": {"interleaved columns": _slice(columns="interleaved"), "the first k heads": _slice(which="first"),
+             "q, k, v biases left whole": _slice(biases=False)},
+    "04.5": {"embeddings a small share": {**PREDICTED_04, "embedding_share_percent": 10},
+             "a head without its biases": {**PREDICTED_04, "saved_by_one_head": 49152},
+             "σ² = 0.25 prunes μ = 0.6": {**PREDICTED_04, "kept_mu_0_6_sigma2_0_25": False}},
+}
+
+
+@pytest.mark.parametrize("ex_id, mistake", [(e, m) for w in (WRONG_05, WRONG_04) for e, ms in w.items() for m in ms])
+def test_each_05_and_04_check_rejects_plausible_wrong_answers(request, ex_id, mistake):
+    request.getfixturevalue(f"solved_{ex_id[:2]}")  # the lab's folder on sys.path, as its checks need
+    with pytest.raises(AssertionError, match=re.escape(ex_id)):
+        course.check(ex_id, {**WRONG_05, **WRONG_04}[ex_id][mistake], quiet=True)
+
+
+def test_the_04_experiment_is_what_the_lab_predicts():
+    assert course.lab_checks("04").vtrans_experiment() == PREDICTED_04
