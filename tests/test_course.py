@@ -324,6 +324,13 @@ def test_build_is_deterministic_and_writes_only_the_handout(tmp_path, capsys):
     assert "no lab 'nope'" in capsys.readouterr().err
 
 
+def test_a_handout_carries_the_series_code_it_imports(tmp_path):
+    course.build(ROOT, ["04_vtrans"], tmp_path)               # 04's method is a package, not one module
+    folder = tmp_path / "04_vtrans"
+    assert (folder / "checks.py").is_file() and (folder / "vtrans" / "__init__.py").is_file()
+    assert not list(folder.rglob("__pycache__"))
+
+
 # ---------------------------------------------------------------- grading
 
 

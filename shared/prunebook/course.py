@@ -388,6 +388,20 @@ def student_copy(nb):
     return nb
 
 
+def lab_code(folder: Path) -> list[Path]:
+    """The Python a lab's notebook imports: its folder's modules and packages (04_vtrans's method is a package)."""
+    return sorted([*folder.glob("*.py"), *(p.parent for p in folder.glob("*/__init__.py"))])
+
+
+def copy_code(paths: Sequence[Path], dest: Path) -> None:
+    """Copy modules and packages (without their bytecode caches) into ``dest``."""
+    for p in paths:
+        if p.is_dir():
+            shutil.copytree(p, dest / p.name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(p, dest / p.name)
+
+
 def build(root: Path, series: Sequence[str] | None = None, out: Path | None = None) -> list[Path]:
     """Write the student copy of each lab to ``out/<series>/exercises.ipynb`` (default ``runs/course/handouts``),
     with the lab folder's Python modules beside it; returns the notebooks written."""
@@ -403,8 +417,7 @@ def build(root: Path, series: Sequence[str] | None = None, out: Path | None = No
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / LAB_FILE
         target.write_text(nbformat.writes(copy_) + "\n")
-        for module in sorted(path.parent.glob("*.py")):
-            shutil.copyfile(module, folder / module.name)
+        copy_code(lab_code(path.parent), folder)
         written.append(target)
     return written
 
@@ -576,8 +589,7 @@ def _run_submission(grade: Grade, nb, ids: Sequence[str], seed: int, timeout: fl
         tmp = Path(tmp)
         work = tmp / lab  # named as the lab's folder, with its modules: the kernel finds checks.py here
         work.mkdir()
-        for f in cwd_files:
-            shutil.copyfile(f, work / f.name)
+        copy_code(cwd_files, work)
         result, executed = tmp / "result.json", tmp / "executed.ipynb"
         nb = copy.deepcopy(nb)
         nb.cells = [c for c in nb.cells if "injected-parameters" not in _tags(c)]
@@ -602,11 +614,17 @@ def _run_submission(grade: Grade, nb, ids: Sequence[str], seed: int, timeout: fl
             grade.problems += _error_lines(done, _check_cells(done, ids) | {len(done.cells) - 1})
         if not result.is_file():
             grade.status = "did not run"
-            tail = _one_line(log.strip().splitlines()[-1] if log.strip() else f"exit status {proc.returncode}")
-            grade.problems.append(f"the notebook could not be run to the end: {tail}")
+            grade.problems.append(f"the notebook could not be run to the end: {_why_stopped(log, proc.returncode)}")
             return {}
         grade.feedback.append(f"(ran in {took:.0f} s at profile {profile}, checks with the grading seed)")
         return json.loads(result.read_text())
+
+
+def _why_stopped(log: str, status: int | None) -> str:
+    """The runner's last error line (``SomeError: …``), not a warning the kernel printed after it."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and "warn" not in ln.lower()]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln)]
+    return _one_line((errors or lines or [f"exit status {status}"])[-1])
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -631,7 +649,7 @@ def grade(submissions: Sequence[Path], seed: int, root: Path, lab: str | None = 
     if (lab_path.parent / CHECKS_FILE).is_file() and re.match(r"\d\d_", lab_path.parent.name):
         use_lab(lab_path.parent)
     out = Path(out) if out is not None else root / "runs" / "course" / "grades"
-    cwd_files = sorted(lab_path.parent.glob("*.py"))
+    cwd_files = lab_code(lab_path.parent)
 
     def one(path: Path) -> Grade:
         try:
