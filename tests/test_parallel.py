@@ -161,7 +161,8 @@ def test_report_seeds_counts_the_seeds_a_claim_held_on(tmp_path):
                                  (1, "fails", "runs/cpu/seed-1/00_demo/results"),
                                  (2, "holds", "runs/cpu/seed-2/00_demo/results")):
         claim = {"id": "x", "kind": "paper", "text": "it works", "source": "Fig. 1", "paper": 0.9,
-                 "measured": 0.8 + seed / 100, "verdict": verdict, "holds": verdict == "holds"}
+                 "measured": 0.8 + seed / 100, "verdict": verdict, "holds": verdict == "holds",
+                 "faithful": True, "unfaithful_because": ""}
         (root / where).mkdir(parents=True)
         result = {"series": "00_demo", "notebook": "01_demo", "profile": "cpu", "seed": seed, "wall_s": 1}
         (root / where / "01_demo.json").write_text(json.dumps({**result, "claims": [claim]}))

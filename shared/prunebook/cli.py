@@ -396,10 +396,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         which = f"at {args.profile} " if args.profile else ""
         print(f"no results {which}yet: run `prunebook run --profile {args.profile or 'cpu'}` first")
         return 0
-    if args.seeds:
-        text = seeds_markdown(results + read_seed_results(root, args.profile))
-    else:
-        text = report_markdown(results)
+    try:
+        if args.seeds:
+            text = seeds_markdown(results + read_seed_results(root, args.profile))
+        else:
+            text = report_markdown(results)
+    except ValueError as exc:  # a results file older than the rule (a paper claim without its flag)
+        raise UsageError(str(exc)) from exc
     print(text, end="")
     out = root / "runs" / ("report-seeds.md" if args.seeds else "report.md")
     out.parent.mkdir(exist_ok=True)

@@ -86,9 +86,8 @@ def _counts(profile: str, series: str, cs: list[dict[str, Any]]) -> dict[str, An
 
 def faithful_cell(claim: dict[str, Any]) -> str:
     """A paper claim's fidelity as the tables show it: ``yes`` or ``no: <reason>``; empty for ours."""
-    if claim["kind"] != "paper":
-        return ""
-    return "yes" if claim["faithful"] else f"no: {claim['unfaithful_because']}"
+    group = claims.group_of(claim)  # refuses a paper claim that does not say
+    return {"paper": "yes", "unfaithful": f"no: {claim.get('unfaithful_because', '')}"}.get(group, "")
 
 
 def report_markdown(results: list[dict[str, Any]]) -> str:
