@@ -392,9 +392,7 @@ def _check_ap_prune_step(student, g) -> int:
                 assert mine[key] == want[key], (
                     f"the pipeline (LeNet-300-100, {LAB_RUN['n_train']} images, seed {seed}) with your round: "
                     f"{key} = {mine[key]:.6f} after round {r}, the reference run gives {want[key]:.6f}")
-    got_table, want_table = lab_claims(student_runs), lab_claims(reference)
-    assert got_table.equals(want_table), (f"the claims table of the run with your round differs from the reference "
-                                          f"run's:\n{got_table.to_string()}\nwanted:\n{want_table.to_string()}")
+    course.same_claims_table(lab_claims(student_runs), lab_claims(reference), "your round")
     return n + len(seeds)
 
 

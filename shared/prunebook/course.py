@@ -212,6 +212,13 @@ def compare_predictions(student: Any, measured: dict[str, Any]) -> str:
     return "run"
 
 
+def same_claims_table(got: Any, want: Any, with_what: str) -> None:
+    """An integration exercise's last test: the claims table of the run with the student's function (``got``, a
+    DataFrame) equals the reference run's, cell for cell."""
+    assert got.equals(want), (f"the claims table of the run with {with_what} differs from the reference run's:\n"
+                              f"{got.to_string()}\nwanted:\n{want.to_string()}")
+
+
 def brief(t: Any) -> str:
     """A tensor short enough to read in a message (its values when small, else its shape)."""
     import torch
