@@ -219,6 +219,18 @@ def same_claims_table(got: Any, want: Any, with_what: str) -> None:
                               f"{got.to_string()}\nwanted:\n{want.to_string()}")
 
 
+def record_lab(outcomes: dict[str, tuple[str, bool]]) -> Path:
+    """Write the lab's ``results/<profile>/exercises.json``: its wall time and, as checks, what its integration and
+    "predict, then run" exercises found on this run, e.g. ``{"05.4": ("the patched pipeline's claims table equals
+    the reference run's", ok)}``. Labs teach; the claims report and its counts leave these files out."""
+    from . import claims  # torch and pandas come with it; the grader's own imports stay light
+
+    book = claims.Claims(Path(LAB_FILE).stem)
+    for ex_id, (text, ok) in outcomes.items():
+        book.add(ex_id, text, f"exercise {ex_id}", paper=None, holds=bool(ok), kind="check")
+    return book.save()
+
+
 def brief(t: Any) -> str:
     """A tensor short enough to read in a message (its values when small, else its shape)."""
     import torch

@@ -16,9 +16,10 @@ from .config import PROFILES
 
 
 def read_results(root: Path, profile: str | None = None) -> list[dict[str, Any]]:
-    """The committed results (``notebooks/<series>/results/<profile>/``), of one profile or all."""
-    return _read_json(root, sorted((root / "notebooks").glob("*/results/*/*.json")), profile,
-                      lambda path: path.parent.name)
+    """The committed results (``notebooks/<series>/results/<profile>/``), of one profile or all; the labs' records
+    (``exercises.json``, see :func:`prunebook.course.record_lab`) are teaching, not evidence, and stay out."""
+    paths = [p for p in sorted((root / "notebooks").glob("*/results/*/*.json")) if p.name != "exercises.json"]
+    return _read_json(root, paths, profile, lambda path: path.parent.name)
 
 
 def _read_json(root: Path, paths: list[Path], profile: str | None, profile_of) -> list[dict[str, Any]]:
