@@ -77,3 +77,25 @@ def test_loads_are_weights_only_where_the_contents_allow(tmp_path, monkeypatch):
     assert cache.load(tmp_path / "a.pt")["n"] == 3 and seen == [True]
     cache.save({"a": np.arange(3)}, tmp_path / "b.pt")  # NumPy arrays need the full unpickler
     assert cache.load(tmp_path / "b.pt")["a"].tolist() == [0, 1, 2] and seen[1:] == [True, False]
+
+
+def test_code_hash_follows_the_code_not_its_comments_or_docstrings(tmp_path):
+    module = tmp_path / "method.py"
+    module.write_text('"""Doc."""\n\n\ndef f(x):\n    """Square."""\n    return x * x  # the square\n')
+    before = cache.code_hash(module)
+    module.write_text('"""Another doc."""\n\ndef f(x):\n    # squared\n    return x * x\n')
+    assert cache.code_hash(module) == before
+    module.write_text('def f(x):\n    return x * x * x\n')
+    assert cache.code_hash(module) != before
+
+
+def test_code_hash_of_a_package_covers_its_modules_but_not_a_labs_checks(tmp_path):
+    package = tmp_path / "series"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .a import f\n")
+    (package / "a.py").write_text("def f():\n    return 1\n")
+    before = cache.code_hash(package)
+    (package / "checks.py").write_text("X = 2\n")
+    assert cache.code_hash(package) == before
+    (package / "a.py").write_text("def f():\n    return 2\n")
+    assert cache.code_hash(package) != before

@@ -89,6 +89,36 @@ def test_check_names_the_counterexample_and_the_hint():
     assert "are wanted" in text and "hint: equation (1)" in text
 
 
+def test_record_lab_writes_each_check_with_its_seed_and_time(solved, in_series, monkeypatch, capsys):
+    import json
+
+    from prunebook import config
+
+    monkeypatch.setattr(course, "CHECKED", {})
+    config.resolve({"smoke": {}, "cpu": {}, "paper": {}}, "cpu", verbose=False)
+    course.check("00.1", solved["magnitude_mask"], seed=3)
+    with pytest.raises(AssertionError):
+        course.check("00.1", lambda w, s: torch.ones_like(w, dtype=torch.bool), seed=3)
+    path = course.record_lab({"00.9": ("a run reproduced", True)})
+    record = json.loads(path.read_text())
+    assert path == in_series / "results" / "cpu" / "exercises.json"
+    assert [(c["id"], c["kind"], c["verdict"]) for c in record["claims"]] == [
+        ("00.1-check", "check", "fails"), ("00.9", "check", "holds")]  # the last check of 00.1 is the one kept
+    assert "at seed 3 in" in record["claims"][0]["measured"] and set(record["metrics"]["check_seconds"]) == {"00.1"}
+
+
+def test_the_claims_report_leaves_lab_records_out(tmp_path):
+    import json
+
+    from prunebook import report
+
+    folder = tmp_path / "notebooks" / "99_x" / "results" / "cpu"
+    folder.mkdir(parents=True)
+    for name in ("01_a", "exercises"):
+        (folder / f"{name}.json").write_text(json.dumps({"series": "99_x", "notebook": name, "claims": []}))
+    assert [r["notebook"] for r in report.read_results(tmp_path)] == ["01_a"]
+
+
 def test_an_unknown_exercise_lists_the_known_ones():
     with pytest.raises(KeyError, match="00.1"):
         course.check("00.99", lambda: None)

@@ -78,11 +78,49 @@ def test_headless_progress_is_plain_lines_on_stdout(monkeypatch, capsys):
     assert out.splitlines()[0].startswith("runs:   0%") and out.splitlines()[-1].startswith("runs: 100%|")
 
 
-def test_interact_headless_calls_the_function_once_with_starting_values(monkeypatch):
+def test_interact_headless_calls_the_function_once_with_starting_values(monkeypatch, capsys):
     import ipywidgets as widgets
 
     monkeypatch.setenv("PRUNEBOOK_HEADLESS", "1")
     calls = []
     out = prunebook.interact(lambda k, metric, n: calls.append((k, metric, n)) or "drawn",
                              k=widgets.IntSlider(value=7, min=0, max=9), metric=["a", "b"], n=3)
-    assert calls == [(7, "a", 3)] and out == "drawn"
+    assert calls == [(7, "a", 3)] and out is None  # nothing for the cell to echo under the figure
+    assert "drawn" in capsys.readouterr().out  # what the function returns is shown, as the widget would
+
+
+def test_interact_returns_nothing_in_a_live_kernel_either(monkeypatch):
+    import ipywidgets as widgets
+
+    monkeypatch.delenv("PRUNEBOOK_HEADLESS", raising=False)
+    monkeypatch.setattr(prunebook.display, "headless", lambda: False)
+    assert prunebook.interact(lambda k: None, k=widgets.IntSlider(value=7, min=0, max=9)) is None
+
+
+def test_notebook_runs_print_no_kernel_transport_warning(tmp_path, capfd):
+    import nbformat
+    import papermill
+
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)")]), tmp_path / "a.ipynb")
+    papermill.execute_notebook(str(tmp_path / "a.ipynb"), str(tmp_path / "b.ipynb"), kernel_name="python3",
+                               progress_bar=False, kernel_manager_class=prunebook.display.kernel_manager_class())
+    assert "TCP" not in capfd.readouterr().err  # the kernel's own stderr is this process's
+    assert nbformat.read(tmp_path / "b.ipynb", 4).cells[0].outputs[0]["text"] == "2\n"
+
+
+def test_seeds_and_mean_draws_a_dot_per_seed_a_line_per_seed_and_each_mean():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, ax = plt.subplots()
+    table = pd.DataFrame({"a": [0.1, 0.2, 0.3], "b": [0.2, 0.4, 0.3]}, index=[0, 1, 2])
+    prunebook.plots.seeds_and_mean(ax, table, scale=100)
+    assert len(ax.lines) == 3  # one line per seed, joining its arms
+    assert [len(c.get_offsets()) for c in ax.collections[::2]] == [3, 3]  # a dot per seed, per arm
+    means = [c.get_segments()[0][0][1] for c in ax.collections[1::2]]
+    assert means == pytest.approx([20.0, 30.0])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    plt.close(fig)

@@ -58,7 +58,7 @@ def test_random_prune_is_exact_and_seeded():
 def test_counts_and_permanence():
     net = _net()
     total = 10 * 20 + 20 + 20 * 5 + 5
-    assert prune.count_parameters(net) == total == models.count_parameters(net)
+    assert prune.count_parameters(net) == total == prune.count_parameters(net)
     prune.global_magnitude(net, 0.5)
     assert prune.count_parameters(net) == total
     assert prune.count_nonzero(net) == total - 150
@@ -74,9 +74,15 @@ def test_count_macs_of_known_layers():
     assert prune.count_macs(nn.Linear(10, 4), torch.zeros(2, 10)) == 2 * 40
 
 
-def test_measure_latency_reports_milliseconds():
-    lat = prune.measure_latency(_net(), torch.zeros(4, 10), repeats=5, warmup=1)
-    assert set(lat) == {"median_ms", "p10_ms", "p90_ms"} and 0 < lat["p10_ms"] <= lat["median_ms"] <= lat["p90_ms"]
+def test_latency_rounds_pairs_rounds_alternates_order_and_builds_no_graph():
+    net, x, order = _net(), torch.zeros(4, 10), []
+    calls = {k: (lambda k=k: order.append(k) or net(x)) for k in ("a", "b")}
+    out = prune.latency_rounds(calls, rounds=3, repeats=2, warmup=1)
+    assert set(out) == {"a", "b"} and all(len(v) == 3 and min(v) > 0 for v in out.values())
+    assert order == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["b"] * 2 + ["a"] * 2 + ["a"] * 2 + ["b"] * 2
+    grads = []
+    prune.latency_rounds({"a": lambda: grads.append(net(x).requires_grad)}, rounds=1, repeats=1, warmup=0)
+    assert grads == [False]
 
 
 def test_rewind_keeps_masks_and_restores_survivors():
@@ -164,7 +170,7 @@ def test_remove_channels_on_resnet_blocks_gives_a_smaller_working_model():
     prune.remove_channels(net, x, {b.conv1: prune.l1_keep(b.conv1, b.conv1.out_channels // 2) for b in net.blocks})
     assert [b.conv1.out_channels for b in net.blocks] == [8] * 3 + [16] * 3 + [32] * 3
     assert net(x).shape == (1, 10)
-    assert prune.count_parameters(net) < models.count_parameters(models.resnet_cifar(20))
+    assert prune.count_parameters(net) < prune.count_parameters(models.resnet_cifar(20))
     with pytest.raises(ValueError):
         prune.remove_channels(net, x, {net.blocks[0].conv1: torch.tensor([], dtype=torch.long)})
 

@@ -37,7 +37,7 @@ def test_sparse_macs_counts_only_nonzero_conv_weights():
     torch.manual_seed(0)
     net = models.vgg_cifar(11, 10, 3, width=0.125)
     x = torch.zeros(1, 3, 32, 32)
-    assert R.sparse_macs(net, x) == prune.count_macs(net, x) == R.macs(R.vgg_arch(11, R.vgg_widths(11, 0.125)), x)
+    assert R.sparse_macs(net, x) == prune.count_macs(net, x) == R.macs(R.vgg_arch(11, models.vgg_widths(11, 0.125)), x)
     conv = net.features[0]
     with torch.no_grad():
         conv.weight[:, :, 0, 0] = 0  # a ninth of the first conv's weights
@@ -51,8 +51,8 @@ def test_li_et_al_plans():
     assert R.resnet_l1_widths(56, "B")[:10] == [6, 6, 6, 6, 6, 6, 6, 16, 16, 32]
     assert R.resnet_l1_widths(110, "A")[17:19] == [16, 32]
     assert R.resnet_l1_widths(20, "B", 4, fractions=(0.9, 0.9, 0.9)) == [1, 1, 4, 8, 1, 1, 16, 1, 16]
-    assert R.vgg_l1_widths(16, R.vgg_widths(16)) == [32, 64, 128, 128, 256, 256, 256] + [256] * 6
-    vgg = models.count_parameters(R.build(R.vgg_arch(16, R.vgg_l1_widths(16, R.vgg_widths(16)), "mlp")))
+    assert R.vgg_l1_widths(16, models.vgg_widths(16)) == [32, 64, 128, 128, 256, 256, 256] + [256] * 6
+    vgg = prune.count_parameters(R.build(R.vgg_arch(16, R.vgg_l1_widths(16, models.vgg_widths(16)), "mlp")))
     assert round(vgg / 1e6, 1) == 5.4  # Li et al.'s VGG-16-A: 5.4 M parameters
 
 
@@ -63,7 +63,7 @@ def test_structural_pruning_equals_masking(family, randomize_bn):
         arch = R.resnet_arch(20, 8)
         target = {**arch, "mids": R.resnet_l1_widths(20, "B", 8)}
     else:
-        arch = R.vgg_arch(11, R.vgg_widths(11, 0.25), "mlp")
+        arch = R.vgg_arch(11, models.vgg_widths(11, 0.25), "mlp")
         target = {**arch, "widths": R.vgg_l1_widths(11, arch["widths"])}
     model = randomize_bn(R.build(arch))
     model.classifier.eval() if family == "vgg" else None
@@ -72,7 +72,7 @@ def test_structural_pruning_equals_masking(family, randomize_bn):
     prune.mask_channels(masked, dict(zip(R.prunable_convs(masked, arch), keep)))
     shrunk = R.l1_prune(copy.deepcopy(model), arch, target, X3)
     assert R.arch_of(shrunk, arch) == target
-    assert prune.count_parameters(shrunk) == models.count_parameters(R.build(target))
+    assert prune.count_parameters(shrunk) == prune.count_parameters(R.build(target))
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(shrunk(x), masked(x), atol=1e-5)
@@ -105,7 +105,7 @@ def test_slim_prune_shrinks_and_matches_the_masked_model(randomize_bn):
 
 
 def test_uniform_and_guided_architectures_hit_the_flop_target():
-    base = R.vgg_widths(11, 0.25)
+    base = models.vgg_widths(11, 0.25)
     target = 0.4 * R.macs(R.vgg_arch(11, base), X3)
     uni = R.vgg_for_macs(11, base, target, X3)
     assert abs(R.macs(uni, X3) / target - 1) < 0.05
@@ -118,7 +118,7 @@ def test_uniform_and_guided_architectures_hit_the_flop_target():
 
 
 def test_uniform_and_guided_architectures_hit_the_parameter_target():
-    base = R.vgg_widths(11, 0.25)
+    base = models.vgg_widths(11, 0.25)
     full = R.params(R.vgg_arch(11, base))
     assert full == prune.count_parameters(R.build(R.vgg_arch(11, base)))
     target = 0.3 * full
@@ -133,7 +133,8 @@ def test_uniform_and_guided_architectures_hit_the_parameter_target():
 
 
 def test_latency_side_by_side_pairs_rounds_and_leaves_no_graph():
-    small, large = R.build(R.vgg_arch(11, R.vgg_widths(11, 0.125))), R.build(R.vgg_arch(11, R.vgg_widths(11, 0.5)))
+    small = R.build(R.vgg_arch(11, models.vgg_widths(11, 0.125)))
+    large = R.build(R.vgg_arch(11, models.vgg_widths(11, 0.5)))
     out = R.latency_side_by_side({"small": small, "large": large}, X3.repeat(4, 1, 1, 1), rounds=3, repeats=2,
                                  warmup=1)
     assert set(out) == {"small", "large"} and all(len(v) == 3 and min(v) > 0 for v in out.values())
@@ -157,7 +158,7 @@ def test_magnitude_masks_prune_convs_globally_and_leave_the_model_alone():
 
 
 def test_winning_ticket_restores_the_initial_weights_of_kept_parameters_exactly():
-    arch = R.vgg_arch(11, R.vgg_widths(11, 0.125))
+    arch = R.vgg_arch(11, models.vgg_widths(11, 0.125))
     torch.manual_seed(7)
     model = R.build(arch)
     init = prune.snapshot(model)

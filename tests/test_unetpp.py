@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import unetpp as U
+from prunebook.prune import count_parameters
 
 X = torch.randn(2, 1, 32, 32)
 
@@ -70,11 +71,11 @@ def test_forward_rejects_a_level_without_a_head():
 
 def test_parameter_counts_match_the_official_keras_code_exactly():
     kw = dict(filters=U.PAPER_FILTERS, bn=False, up="transpose")
-    assert U.count_parameters(U.build("U-Net", **kw)) == 7_759_521
-    assert U.count_parameters(U.build("UNet++", **kw)) == 9_041_601
-    assert U.count_parameters(U.build("UNet++ DS", **kw)) == 9_041_601 + 3 * 33  # three more 1×1 heads
+    assert count_parameters(U.build("U-Net", **kw)) == 7_759_521
+    assert count_parameters(U.build("UNet++", **kw)) == 9_041_601
+    assert count_parameters(U.build("UNet++ DS", **kw)) == 9_041_601 + 3 * 33  # three more 1×1 heads
     wide = U.build("wide U-Net", wide_filters=U.PAPER_WIDE_FILTERS, bn=False, up="transpose")
-    assert U.count_parameters(wide) == 9_282_246
+    assert count_parameters(wide) == 9_282_246
 
 
 def test_pruned_parameter_counts_match_the_paper_figure():
@@ -86,8 +87,8 @@ def test_pruned_parameter_counts_match_the_paper_figure():
 
 def test_wide_filters_come_close_to_unetpp_size():
     wide = U.wide_filters_for((8, 16, 32, 64, 128))
-    target = U.count_parameters(U.build("UNet++"))
-    assert abs(U.count_parameters(U.build("wide U-Net", wide_filters=wide)) - target) / target < 0.02
+    target = count_parameters(U.build("UNet++"))
+    assert abs(count_parameters(U.build("wide U-Net", wide_filters=wide)) - target) / target < 0.02
     assert all(w >= f for w, f in zip(wide, (8, 16, 32, 64, 128)))
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from prunebook import cache, data, prune, train
+from prunebook import data, prune, train
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -352,24 +352,20 @@ def build(kind: str = "dependencyvit", dataset: str = "fashion_mnist", **kwargs)
 
 def train_run(make, train_set: data.ImageSet, test_set: data.ImageSet, recipe: dict, key: dict, seed: int,
               device: str = "cpu", desc: str = "train") -> dict:
-    """One cached training of ``make()`` (the cache key ``key`` must hold everything the result depends on): the
-    test accuracy and loss, the history, the training speed and the trained state. ``torch.manual_seed(seed)`` just
-    before ``make()``, so the models of one seed start from the same random state; an interrupted training resumes
-    from its last finished epoch."""
+    """One cached training of ``make()`` (:func:`prunebook.train.cached_run`; ``key`` must hold everything the
+    result depends on): the test accuracy and loss, the history, the training speed and the trained state."""
 
-    def compute() -> dict:
-        torch.manual_seed(seed)
-        model = make()
-        history = train.fit(model, train_set, **recipe, device=device, seed=seed, desc=desc, progress_bar=False,
-                            checkpoint=cache.path_for(f"{NAMESPACE}/ckpt", key))
+    def fit(model, checkpoint):
+        return train.fit(model, train_set, **recipe, device=device, seed=seed, desc=desc, progress_bar=False,
+                         checkpoint=checkpoint)
+
+    def measure(model, history) -> dict:
         result = train.evaluate(model, test_set, device=device)
-        model.to("cpu")
         seconds = sum(e["seconds"] for e in history)
-        return {"acc": result["acc"], "loss": result["loss"], "history": history, "train_seconds": seconds,
-                "train_images_per_s": recipe["epochs"] * len(train_set) / seconds,
-                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        return {"acc": result["acc"], "loss": result["loss"], "train_seconds": seconds,
+                "train_images_per_s": recipe["epochs"] * len(train_set) / seconds}
 
-    return cache.cached(f"{NAMESPACE}/run", key, compute)
+    return train.cached_run(NAMESPACE, key, make, fit, seed, measure)
 
 
 def macs(model: ViT, example: torch.Tensor) -> int:

@@ -23,9 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from prunebook import cache, data, display
-from prunebook.models import count_parameters
-from prunebook.prune import measure_latency
+from prunebook import data, display, prune, train
 from torch import nn
 
 NAMESPACE = "unetpp"
@@ -164,11 +162,11 @@ def build(arch: str, filters=(8, 16, 32, 64, 128), depth: int = 4, bn: bool = Tr
 def wide_filters_for(filters, bn: bool = True, up: str = "bilinear") -> tuple[int, ...]:
     """Filters f·s (rounded, s ≥ 1) of the U-Net whose size is closest to UNet++'s at ``filters``: the paper's
     "wide U-Net" has as many parameters as UNet++ (its [35, 70, ..., 560] for [32, 64, ..., 512])."""
-    target = count_parameters(NestedUNet(filters, kind="nested", bn=bn, up=up))
+    target = prune.count_parameters(NestedUNet(filters, kind="nested", bn=bn, up=up))
     best = None
     for k in range(100, 200):
         wide = tuple(max(1, round(f * k / 100)) for f in filters)
-        gap = abs(count_parameters(NestedUNet(wide, kind="unet", bn=bn, up=up)) - target)
+        gap = abs(prune.count_parameters(NestedUNet(wide, kind="unet", bn=bn, up=up)) - target)
         if best is None or gap < best[0]:
             best = (gap, wide)
     return best[1]
@@ -592,20 +590,18 @@ def train_run(arch: str, model_kw: dict[str, Any], batches: Batches, recipe: Rec
     """Train one network through the cache: the same (architecture, model settings, recipe, data, seed, head
     prior) in any notebook of the series returns the stored run. ``torch.manual_seed(seed)`` runs before the model
     is built; ``prior`` (the training set's foreground fraction) sets the heads' starting bias."""
-    config = run_key(arch, model_kw, recipe, data_key, seed, prior)
-
-    def compute() -> dict[str, Any]:
-        torch.manual_seed(seed)
+    def make() -> NestedUNet:
         model = build(arch, **model_kw)
         if prior is not None:
             model.set_head_prior(prior)
-        hist = fit(model, batches, recipe, seed, device, val=val, desc=f"{arch} (seed {seed})",
-                   progress_bar=progress_bar)
-        model.to("cpu")
-        return {"arch": arch, "history": hist, "params": count_parameters(model),
-                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        return model
 
-    return cache.cached(f"{NAMESPACE}/run", config, compute)
+    def fit_one(model: NestedUNet, checkpoint) -> dict[str, Any]:  # steps, not epochs: no checkpoint to resume
+        return fit(model, batches, recipe, seed, device, val=val, desc=f"{arch} (seed {seed})",
+                   progress_bar=progress_bar)
+
+    return train.cached_run(NAMESPACE, run_key(arch, model_kw, recipe, data_key, seed, prior), make, fit_one, seed,
+                            lambda model, history: {"arch": arch, "params": prune.count_parameters(model)})
 
 
 def load_model(run: dict[str, Any], model_kw: dict[str, Any]) -> NestedUNet:
@@ -628,48 +624,16 @@ def evaluate_regions(model: NestedUNet, regions: list[dict[str, Any]], level: in
     return res
 
 
-class _AtLevel(nn.Module):
-    """``net`` pruned to ``level``, as a one-argument module for :func:`prunebook.prune.measure_latency`."""
-
-    def __init__(self, net: NestedUNet, level: int | None):
-        super().__init__()
-        self.net, self.level = net, level
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.net(x, self.level)
-
-
-def latency(model: NestedUNet, level: int | None, batch: int, size: int = 96, repeats: int = 20,
-            warmup: int = 3, device: str = "cpu") -> float:
-    """Median seconds of one forward pass at ``level`` (batch ``batch`` of ``size``×``size`` images)."""
-    x = torch.randn(batch, 1, size, size, device=device)
-    timing = measure_latency(_AtLevel(model.to(device), level), x, repeats=repeats, warmup=warmup)
-    return timing["median_ms"] / 1000
-
-
-@torch.no_grad()
 def latency_rounds(model: NestedUNet, levels, batch: int, size: int = 96, rounds: int = 10, repeats: int = 5,
                    warmup: int = 2, device: str = "cpu") -> np.ndarray:
-    """Seconds per forward pass, shape (rounds, levels): in each round every level is timed in turn (the median
-    of ``repeats`` passes after ``warmup``), so that the levels of one round share the machine's state and can be
+    """Seconds per forward pass, shape (rounds, levels), of ``model`` pruned to each level, on a batch of random
+    ``size``×``size`` images: ``prunebook.prune.latency_rounds`` times the levels side by side, so they can be
     compared pairwise, round by round."""
     model = model.to(device).eval()
     x = torch.randn(batch, 1, size, size, device=device)
-    out = np.zeros((rounds, len(levels)))
-    for r in range(rounds):
-        for k, level in enumerate(levels):
-            times = []
-            for i in range(warmup + repeats):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                model(x, level)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            out[r, k] = statistics.median(times)
-    return out
+    times = prune.latency_rounds({level: (lambda level=level: model(x, level)) for level in levels}, rounds, repeats,
+                              warmup)
+    return np.array([times[level] for level in levels]).T
 
 
 def mean_sd(values) -> tuple[float, float]:

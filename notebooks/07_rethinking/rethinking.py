@@ -5,7 +5,7 @@ weights it inherited better than training the same small architecture from a fre
 notebooks answer it with the pieces below.
 
 - Data and architectures: :func:`load_data`, architecture specs (plain dicts, so they can key the cache),
-  :func:`build`, :func:`arch_of`, ``vgg_widths`` (from ``prunebook.models``).
+  :func:`build`, :func:`arch_of`, ``prunebook.models.vgg_widths``.
 - Budgets: :func:`scratch_b_epochs` (Scratch-B: the small model gets the large model's computation),
   :func:`macs` and :func:`sparse_macs` (multiply-accumulates, with zero weights skipped for unstructured pruning).
 - L1-norm filter pruning (Li et al., 2017), a *predefined* target architecture: :func:`resnet_l1_widths`,
@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from prunebook import cache, data, models, prune, train
-from prunebook.models import vgg_widths  # noqa: F401  (R.vgg_widths in the notebooks)
+from prunebook import data, models, prune, train
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -325,27 +323,15 @@ def _closest(arch: Callable[[float], dict[str, Any]], size: Callable[[dict[str, 
     return min((arch(f) for f in (lo, hi)), key=lambda a: abs(size(a) - target))
 
 
-@torch.no_grad()
 def latency_side_by_side(models: dict[str, nn.Module], batch: torch.Tensor, rounds: int = 15, repeats: int = 5,
                          warmup: int = 3) -> dict[str, list[float]]:
-    """Forward-pass milliseconds of several models timed in one process, in interleaved rounds: each round times
-    every model (``repeats`` passes, their median) in turn, so a slower or busier stretch of the machine hits all
-    of them alike. Returns, per model, one median per round (the rounds pair the models)."""
+    """Forward-pass milliseconds of several models (in eval mode) on ``batch``, timed side by side in paired
+    rounds by ``prunebook.prune.latency_rounds``: per model, one median per round."""
     for m in models.values():
         m.eval()
-        for _ in range(warmup):
-            m(batch)
-    out: dict[str, list[float]] = {name: [] for name in models}
-    for r in range(rounds):
-        order = list(models) if r % 2 == 0 else list(models)[::-1]
-        for name in order:
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                models[name](batch)
-                times.append((time.perf_counter() - t0) * 1000)
-            out[name].append(statistics.median(times))
-    return out
+    seconds = prune.latency_rounds({name: (lambda m=m: m(batch)) for name, m in models.items()}, rounds, repeats,
+                                   warmup)
+    return {name: [1000 * t for t in ts] for name, ts in seconds.items()}
 
 
 # ---------------------------------------------------------------- unstructured pruning and lottery tickets
@@ -431,37 +417,30 @@ def train_run(tag: str, key: dict[str, Any], make_model: Callable[[], nn.Module]
     the architecture, parameter and MAC counts, and the seconds spent training."""
     config = {"tag": tag, **key, "recipe": recipe.key(), "data": dataset.key, "seed": seed, "l1_bn": l1_bn}
 
-    def compute() -> dict[str, Any]:
-        torch.manual_seed(seed)
-        model = make_model()
+    def fit(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         callbacks = [prune.BNL1Penalty(l1_bn)] if l1_bn else []
-        history = train.fit(model, dataset.train, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                            momentum=recipe.momentum, weight_decay=recipe.weight_decay, schedule=recipe.schedule,
-                            crop_padding=recipe.crop_padding, flip=recipe.flip, device=device, callbacks=callbacks,
-                            checkpoint=cache.path_for(f"{NAMESPACE}/ckpt", config), seed=seed, desc=tag,
-                            progress_bar=progress_bar)
+        return train.fit(model, dataset.train, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                         momentum=recipe.momentum, weight_decay=recipe.weight_decay, schedule=recipe.schedule,
+                         crop_padding=recipe.crop_padding, flip=recipe.flip, device=device, callbacks=callbacks,
+                         checkpoint=checkpoint, seed=seed, desc=tag, progress_bar=progress_bar)
+
+    def measure(model: nn.Module, history: list[dict[str, Any]]) -> dict[str, Any]:
         result = train.evaluate(model, dataset.test, device=device)
-        model.to("cpu", memory_format=torch.contiguous_format)
+        model.to("cpu", memory_format=torch.contiguous_format)  # the counts run on the CPU
         example = dataset.example
-        return {
-            "acc": result["acc"], "loss": result["loss"], "epochs": recipe.epochs,
-            "history": history, "train_seconds": sum(h["seconds"] for h in history),
-            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "params": prune.count_parameters(model), "nonzero": prune.count_nonzero(model),
-            "macs": prune.count_macs(model, example), "sparse_macs": sparse_macs(model, example),
-        }
+        return {"acc": result["acc"], "loss": result["loss"], "epochs": recipe.epochs,
+                "train_seconds": sum(h["seconds"] for h in history),
+                "params": prune.count_parameters(model), "nonzero": prune.count_nonzero(model),
+                "macs": prune.count_macs(model, example), "sparse_macs": sparse_macs(model, example)}
 
-    return cache.cached(f"{NAMESPACE}/run", config, compute)
-
-
-load_state = train.load_model_state  # a stored state, with the pruning masks it carries, into a model
+    return train.cached_run(NAMESPACE, config, make_model, fit, seed, measure)
 
 
 def magnitude_masks_of(arch: dict[str, Any], trained: dict[str, Any], recipe: Recipe, seed: int,
                        sparsity: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """:func:`magnitude_masks` of a trained large model (a :func:`baseline` run) and the cache key that names
     them; notebooks 03 and 04 share their runs through this key."""
-    masks = magnitude_masks(load_state(build(arch), trained["state"]), sparsity)
+    masks = magnitude_masks(train.load_model_state(build(arch), trained["state"]), sparsity)
     return masks, {"parent": parent_key(arch, recipe, seed), "sparsity": sparsity, "criterion": "global |w|, convs"}
 
 
@@ -519,7 +498,7 @@ def finetune(parent: dict[str, Any], parent_state: dict[str, torch.Tensor], how:
     """Fine-tune the pruned large model: load ``parent_state`` into the parent architecture, apply ``prune_fn``
     (described by ``how`` for the cache key), train with the (small, constant) fine-tuning recipe."""
     def make() -> nn.Module:
-        return prune_fn(load_state(build(parent["arch"]), parent_state))
+        return prune_fn(train.load_model_state(build(parent["arch"]), parent_state))
 
     return train_run("finetune", {"parent": parent, "how": how}, make, dataset, recipe, seed, device, **kw)
 

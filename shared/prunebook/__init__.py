@@ -9,7 +9,7 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = {"cache", "claims", "cli", "config", "course", "data", "display", "models", "parallel", "plots", "prune",
-            "report", "style", "train"}
+            "report", "train"}
 _NAMES = {"Claims": "claims", "interact": "display", "progress": "display", "show": "display"}
 __all__ = sorted(_MODULES | set(_NAMES))
 

@@ -10,6 +10,8 @@ the same key (workers of one cluster) each replace the file whole. A file that c
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import pickle
@@ -36,6 +38,27 @@ def cache_dir() -> Path:
 
 def key(namespace: str, config: Any) -> str:
     return f"{namespace}-{config_hash([CACHE_VERSION, namespace, config])}"
+
+
+def code_hash(source: str | Path) -> str:
+    """A series' method code, as a cache key part: a hash of the syntax trees of the module file ``source`` (or of
+    every ``.py`` file of the package folder ``source``, a lab's ``checks.py`` aside), with docstrings dropped, so
+    that a change to what the code does recomputes its cached results and a change to its comments or layout
+    does not."""
+    source = Path(source)
+    files = sorted(p for p in source.rglob("*.py") if p.name != "checks.py") if source.is_dir() else [source]
+    h = hashlib.sha256()
+    for path in files:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                    and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(path.relative_to(source if source.is_dir() else source.parent).as_posix().encode() + b"\0")
+        h.update(ast.dump(tree).encode() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def path_for(namespace: str, config: Any, suffix: str = ".pt") -> Path:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import claims
-from .config import PROFILES
+from .config import PROFILES, checkout
+from .display import kernel_manager_class, one_line
 from .report import read_results, read_seed_results, report_markdown, seeds_markdown
 
 SERIES_RE = re.compile(r"^\d\d_[a-z0-9_]+$")
@@ -51,7 +52,7 @@ def repo_root() -> Path:
     for folder in [Path.cwd(), *Path.cwd().parents]:
         if (folder / "notebooks").is_dir() and (folder / "pyproject.toml").is_file():
             return folder
-    here = Path(__file__).resolve().parents[2]
+    here = checkout()
     if (here / "notebooks").is_dir():
         return here
     raise UsageError("cannot find the prunebook checkout: run inside it, or set PRUNEBOOK_ROOT to its folder")
@@ -186,18 +187,15 @@ def run_notebook(nb: Path, out: Path, params: dict[str, Any], profile: str) -> s
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         papermill.execute_notebook(str(nb), str(out), parameters={"profile": profile, **params}, cwd=str(nb.parent),
-                                   kernel_name="python3", progress_bar=False, request_save_on_cell_execute=True)
+                                   kernel_name="python3", progress_bar=False, request_save_on_cell_execute=True,
+                                   kernel_manager_class=kernel_manager_class())
     except PapermillExecutionError as exc:
         if exc.ename == "ConfigError":  # a refused parameter is refused once, not once per notebook
-            raise UsageError(f"{nb.name}: {_one_line(exc.evalue)}") from None
-        return f"cell {exc.cell_index} (execution count {exc.exec_count}): {exc.ename}: {_one_line(exc.evalue)}"
+            raise UsageError(f"{nb.name}: {one_line(exc.evalue)}") from None
+        return f"cell {exc.cell_index} (execution count {exc.exec_count}): {exc.ename}: {one_line(exc.evalue)}"
     except Exception as exc:  # kernel died, notebook unreadable, ...
-        return f"{exc.__class__.__name__}: {_one_line(str(exc))}"
+        return f"{exc.__class__.__name__}: {one_line(str(exc))}"
     return None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def notebook_task(job: dict[str, Any], prev: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -361,7 +359,7 @@ def _run_with(cluster: Any, chains: list[list[dict[str, Any]]], root: Path) -> l
             except Exception as exc:  # the worker died every time Dask tried (KilledWorker), or the one before did
                 job = future.key.rsplit("-", 1)[0]
                 result = {"rel": job, "seed": None, "out": "", "took": 0.0, "error": f"{type(exc).__name__}: "
-                          f"{_one_line(str(exc))}", "lost": True}
+                          f"{one_line(str(exc))}", "lost": True}
             if result.get("refused"):
                 client.cancel(futures)
                 raise UsageError(result["refused"])

@@ -142,7 +142,7 @@ def resolve(
     cfg["data_root"] = None if data_root is None else str(data_root)
     object.__setattr__(cfg, "started", time.time())
     seed_everything(seed)
-    from .style import use_style  # every notebook resolves its configuration first: give its figures the look
+    from .plots import use_style  # (here: plots imports config) every notebook resolves its configuration first
 
     use_style()
     _current = cfg
@@ -190,6 +190,11 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "mps" and not mps:
         raise ConfigError("device='mps' but Apple's MPS is not available; use device='auto' or 'cpu'")
     return torch.device(device)
+
+
+def checkout() -> Path:
+    """The checkout this package is installed from (``shared/prunebook/`` lies two levels below it)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def series_dir() -> Path:

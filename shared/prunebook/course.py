@@ -43,6 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import checkout
+from .display import kernel_manager_class, one_line
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 TEXT_STUB = "YOUR ANSWER HERE"
@@ -101,11 +104,6 @@ def _source_file(fn: Callable) -> str:
     return str(Path(fn.__code__.co_filename).resolve())
 
 
-def repo_root() -> Path:
-    """The checkout this package is installed from (``shared/prunebook/`` lies two levels below it)."""
-    return Path(__file__).resolve().parents[2]
-
-
 def lab_folder(number: str, root: Path | None = None) -> Path:
     """The folder whose ``checks.py`` holds lab ``number``'s checks: one given to :func:`use_lab`; else the working
     directory when it is that lab's folder (a notebook's kernel, a handout, the grader's copy); else
@@ -115,7 +113,7 @@ def lab_folder(number: str, root: Path | None = None) -> Path:
     cwd = Path.cwd()
     if cwd.name.startswith(f"{number}_") and (cwd / CHECKS_FILE).is_file():
         return cwd
-    root = root or repo_root()
+    root = root or checkout()
     hits = sorted(p for p in (root / "notebooks").glob(f"{number}_*") if (p / CHECKS_FILE).is_file())
     if len(hits) != 1:
         have = sorted(p.parent.name for p in (root / "notebooks").glob(f"[0-9][0-9]_*/{CHECKS_FILE}"))
@@ -160,6 +158,9 @@ def lab_checks(number: str) -> Any:
     return module
 
 
+CHECKED: dict[str, tuple[bool, int, float]] = {}  # this kernel's checks: exercise id → (passed, seed, seconds)
+
+
 def check(exercise_id: str, answer: Any, seed: int = 0, quiet: bool = False) -> None:
     """Compare ``answer`` (the student's function, or value) with the reference on random cases drawn from ``seed``.
 
@@ -169,10 +170,13 @@ def check(exercise_id: str, answer: Any, seed: int = 0, quiet: bool = False) -> 
 
     ex = lookup(exercise_id)
     generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
     try:
         info = ex.run(answer, generator)
     except AssertionError as exc:
+        CHECKED[ex.id] = (False, seed, time.perf_counter() - started)
         raise AssertionError(f"{ex.id} ({ex.name}): {exc}\nhint: {ex.hint}") from None
+    CHECKED[ex.id] = (True, seed, time.perf_counter() - started)
     if not quiet:
         cases = f"{info} cases, seed {seed}" if ex.uses_seed else "checked against the run"
         print(f"{ex.id} passed ({ex.name}: {cases})")
@@ -219,16 +223,20 @@ def same_claims_table(got: Any, want: Any, with_what: str) -> None:
                               f"{got.to_string()}\nwanted:\n{want.to_string()}")
 
 
-def record_lab(outcomes: dict[str, tuple[str, bool]]) -> Path:
-    """Write the lab's ``results/<profile>/exercises.json``: its wall time and, as checks, what its integration and
-    "predict, then run" exercises found on this run, e.g. ``{"05.4": ("the patched pipeline's claims table equals
-    the reference run's", ok)}``. Labs teach; the claims report and its counts leave these files out."""
+def record_lab(outcomes: dict[str, tuple[str, bool]] | None = None) -> Path:
+    """Write the lab's ``results/<profile>/exercises.json``: its wall time and, as checks, every exercise checked in
+    this kernel (passed or not, at which seed, in how many seconds), plus what its integration and "predict, then
+    run" exercises found on this run, e.g. ``{"05.4": ("the patched pipeline's claims table equals the reference
+    run's", ok)}``. Labs teach; the claims report and its counts leave these files out."""
     from . import claims  # torch and pandas come with it; the grader's own imports stay light
 
     book = claims.Claims(Path(LAB_FILE).stem)
-    for ex_id, (text, ok) in outcomes.items():
+    for ex_id, (passed, seed, seconds) in sorted(CHECKED.items()):
+        book.add(f"{ex_id}-check", f"the lab's answer to {ex_id} passes its check", f"exercise {ex_id}", None,
+                 f"{'passed' if passed else 'failed'} at seed {seed} in {seconds:.1f} s", holds=passed, kind="check")
+    for ex_id, (text, ok) in (outcomes or {}).items():
         book.add(ex_id, text, f"exercise {ex_id}", paper=None, holds=bool(ok), kind="check")
-    return book.save()
+    return book.save(metrics={"check_seconds": {k: round(v[2], 2) for k, v in sorted(CHECKED.items())}})
 
 
 def brief(t: Any) -> str:
@@ -509,15 +517,10 @@ def _execute(notebook: Path, cwd: Path, result: Path, profile: str, cell_timeout
     os.environ["PRUNEBOOK_HEADLESS"] = "1"
     os.environ.setdefault("MPLBACKEND", "Agg")
     client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(cwd)}})
+                            resources={"metadata": {"path": str(cwd)}}, kernel_manager_class=kernel_manager_class())
     client.execute()
     nbformat.write(nb, str(result))
     return 0
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _error_lines(nb, skip: set[int]) -> list[str]:
@@ -529,8 +532,8 @@ def _error_lines(nb, skip: set[int]) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
-                why = _one_line(out.get("evalue", ""), 160)
-                lines.append(f"cell {i + 1} ({_one_line(first, 40)!r}) raised {out.get('ename')}"
+                why = one_line(out.get("evalue", ""), 160)
+                lines.append(f"cell {i + 1} ({one_line(first, 40)!r}) raised {out.get('ename')}"
                              + (f": {why}" if why else ""))
     return lines
 
@@ -558,7 +561,7 @@ def grade_one(path: Path, lab: str, lab_nb, seed: int, timeout: float, profile: 
             raise ValueError("no cells")
     except Exception as exc:
         grade.status = "not a notebook"
-        grade.problems.append(f"not a notebook ({_one_line(type(exc).__name__ + ': ' + str(exc), 120)})")
+        grade.problems.append(f"not a notebook ({one_line(type(exc).__name__ + ': ' + str(exc), 120)})")
         return grade
     theirs = nb.metadata.get("prunebook", {}).get("lab")
     if theirs != lab:
@@ -643,7 +646,7 @@ def _why_stopped(log: str, status: int | None) -> str:
     """The runner's last error line (``SomeError: …``), not a warning the kernel printed after it."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip() and "warn" not in ln.lower()]
     errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln)]
-    return _one_line((errors or lines or [f"exit status {status}"])[-1])
+    return one_line((errors or lines or [f"exit status {status}"])[-1], 300)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -675,7 +678,7 @@ def grade(submissions: Sequence[Path], seed: int, root: Path, lab: str | None = 
             return grade_one(path, lab_name, lab_nb, seed, timeout, profile, cwd_files)
         except Exception as exc:  # never let one submission stop the others
             g = Grade(student_name(path), path, status="grader error")
-            g.problems.append(f"the grader failed on it: {type(exc).__name__}: {_one_line(str(exc), 160)}")
+            g.problems.append(f"the grader failed on it: {type(exc).__name__}: {one_line(str(exc), 160)}")
             return g
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

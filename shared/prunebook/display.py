@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import tempfile
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -42,17 +44,42 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs
     return tqdm(iterable, disable=disable, **kwargs)
 
 
-def interact(fn: Callable, **controls: Any) -> Any:
+def one_line(text: Any, limit: int | None = None) -> str:
+    """``text`` on one line (runs of whitespace become one space), cut to ``limit`` characters with an ellipsis."""
+    text = " ".join(str(text).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def kernel_manager_class() -> type:
+    """A Jupyter kernel manager whose kernels talk over local sockets (IPC) instead of TCP: nothing listens on the
+    network, and ipykernel has no plain-text-TCP warning to print into every headless run's output."""
+    from jupyter_client.manager import KernelManager  # only where notebooks are executed
+
+    class IpcKernelManager(KernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = os.path.join(tempfile.gettempdir(), f"prunebook-kernel-{uuid.uuid4().hex}")
+
+    return IpcKernelManager
+
+
+def interact(fn: Callable, **controls: Any) -> None:
     """``ipywidgets.interact(fn, **controls)`` when a person runs the notebook. In headless runs (:func:`headless`)
     ``fn`` is called once with each control's starting value
     instead: the notebook keeps a static output that reads on GitHub, and no interact traffic goes through
     papermill's client, which can hang on such cells (jupyter/nbclient#312). A control is a widget (its
     ``value``), a list of options (the first) or a fixed value."""
     if headless():
-        return fn(**{name: _starting_value(c) for name, c in controls.items()})
+        shown = fn(**{name: _starting_value(c) for name, c in controls.items()})
+        if shown is not None:  # what the widget's output area would show
+            from IPython.display import display
+
+            display(shown)
+        return  # nothing for the cell to echo (ipywidgets.interact returns the function)
     import ipywidgets
 
-    return ipywidgets.interact(fn, **controls)
+    ipywidgets.interact(fn, **controls)
 
 
 def _starting_value(control: Any) -> Any:

@@ -16,13 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def count_parameters(model: nn.Module) -> int:
-    """All parameters the model stores; a weight pruned by a mask counts in full (``prune.count_nonzero`` does
-    not)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 # ---------------------------------------------------------------- CIFAR ResNet
 
 

@@ -15,7 +15,8 @@ shrink with them); ``mask_channels`` zeroes the same channels instead, for check
 - ``slimming_keep``: network slimming (Liu et al. 2017), one global threshold on |BN scale|
   (``slimming_threshold``), after training with ``BNL1Penalty`` (an L1 sub-gradient on BN scales).
 
-Counting: ``sparsity``, ``count_nonzero``, ``count_macs`` (``torch.utils.flop_counter``) and ``measure_latency``.
+Counting: ``sparsity``, ``count_parameters``, ``count_nonzero``, ``count_macs`` (``torch.utils.flop_counter``); timing:
+``latency_rounds`` (several forward passes side by side, in paired rounds).
 
 Plain-tensor helpers (no hooks): ``magnitude_mask`` (one tensor, exactly round(s·n) zeros), ``sensitivity_scan``
 (each layer pruned alone, the model restored after) and ``channels_to_keep`` (what "prune 30 %" keeps).
@@ -34,7 +35,6 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import count_parameters  # noqa: F401  (one implementation; pruning code reads it as prune.count_parameters)
 from .train import Callback, TrainState, refresh_masked_weights
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -200,6 +200,12 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
             for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
 
 
+def count_parameters(model: nn.Module) -> int:
+    """All parameters the model stores; a weight pruned by a mask counts in full (``count_nonzero`` does
+    not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def count_nonzero(model: nn.Module) -> int:
     """Parameters that are not zero, counting masked weights after the mask."""
     return sum(int((_effective(m, name) != 0).sum()) for m in model.modules() for name in _own_params(m))
@@ -224,24 +230,31 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 30, warmup: int = 5) -> dict[str, float]:
-    """Wall-clock milliseconds per forward pass on ``example`` (median and 10th/90th percentiles)."""
-    was_training = model.training
-    model.eval()
-    cuda = example.is_cuda
-    times = []
-    for i in range(warmup + repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(example)
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    model.train(was_training)
-    deciles = statistics.quantiles(times, n=10, method="inclusive")
-    return {"median_ms": statistics.median(times), "p10_ms": deciles[0], "p90_ms": deciles[-1]}
+@torch.no_grad()
+def latency_rounds(calls: dict[Any, Callable[[], Any]], rounds: int = 15, repeats: int = 5,
+                   warmup: int = 3) -> dict[Any, list[float]]:
+    """Seconds per call of several forward passes timed side by side in one process, in paired rounds.
+
+    After ``warmup`` calls each, every round times each call ``repeats`` times (their median), in an order that
+    alternates round by round, so a slow or busy stretch of the machine hits all of them alike: round r of one
+    call pairs with round r of another (compare them by their ratios, round by round). CUDA work is synchronised
+    before and after each call. Returns, per key, one median per round."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    out: dict[Any, list[float]] = {key: [] for key in calls}
+    for r in range(rounds):
+        for key in list(calls) if r % 2 == 0 else list(calls)[::-1]:
+            times = []
+            for _ in range(repeats):
+                sync()
+                t0 = time.perf_counter()
+                calls[key]()
+                sync()
+                times.append(time.perf_counter() - t0)
+            out[key].append(statistics.median(times))
+    return out
 
 
 # ---------------------------------------------------------------- iterative magnitude pruning

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,3 +287,25 @@ def fit(
     bar.close()
     refresh_masked_weights(model)
     return state.history
+
+
+def cached_run(namespace: str, key: dict[str, Any], make: Callable[[], nn.Module],
+               fit: Callable[[nn.Module, Path], Any], seed: int,
+               measure: Callable[[nn.Module, Any], dict[str, Any]] = lambda model, history: {}) -> dict[str, Any]:
+    """One training through the cache (``<namespace>/run``): the same ``key`` in any notebook returns the stored run.
+
+    ``key`` must hold everything the result depends on. ``torch.manual_seed(seed)`` runs just before ``make()``, so
+    the models of one seed start from the same random state; ``fit(model, checkpoint)`` trains it (a fit that
+    checkpoints to ``<namespace>/ckpt`` resumes an interrupted run); ``measure(model, history)`` adds what the run
+    reports (the test accuracy, counts) while the model is still on its training device. Returns those entries, the
+    ``history`` and the trained ``state`` (on the CPU)."""
+
+    def compute() -> dict[str, Any]:
+        torch.manual_seed(seed)
+        model = make()
+        history = fit(model, cache.path_for(f"{namespace}/ckpt", key))
+        out = {"history": history, **measure(model, history)}
+        model.to("cpu", memory_format=torch.contiguous_format)
+        return {**out, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+    return cache.cached(f"{namespace}/run", key, compute)
