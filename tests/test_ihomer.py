@@ -1,4 +1,4 @@
-"""Unit tests of the 03_ihomer series module (notebooks/03_ihomer/ihomer.py): small, exact and fast."""
+"""Unit tests of the 03_ihomer series package (notebooks/03_ihomer/ihomer/): small, exact and fast."""
 
 import math
 from collections import Counter
@@ -426,7 +426,7 @@ def test_tune_n_min_takes_the_smallest_value_that_passes_on_every_tuning_stream(
         before, after = ari[n_min, seed]
         return {"t": [drift_at, n], "ari": [before, after]}
 
-    monkeypatch.setattr(ihomer, "cached_trace", fake)
+    monkeypatch.setattr(ihomer.traces, "cached_trace", fake)  # where tune_n_min looks it up
     chosen, rows = ihomer.tune_n_min([100, 300, 500], [7, 8], 1000, 500, 0.8, 0.6)
     assert chosen == 300 and len(rows) == 6
     ari[300, 7] = (0.5, 0.5)
