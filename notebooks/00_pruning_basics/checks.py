@@ -82,12 +82,9 @@ def pitfalls_experiment() -> dict[str, int]:
     return out
 
 
-@exercise("00.2", "predictions", points=2, uses_seed=False,
-          goal="what torch.nn.utils.prune, hand-made masks, ties and channel counts really do",
-          hint="run the experiment cell after the question and read each number; the section 'Four things that "
-               "bite' explains each one")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, pitfalls_experiment())
+course.predictions_exercise("00.2", pitfalls_experiment, points=2,
+                            goal="what torch.nn.utils.prune, hand-made masks, ties and channel counts really do",
+                            explained="the section 'Four things that bite' explains each one")
 
 
 def _random_model(g, conv: bool):

@@ -443,9 +443,8 @@ def ap_experiment() -> dict[str, Any]:
     return out
 
 
-@exercise("01.5", "predictions", points=2, uses_seed=False,
-          goal="how the schedule compounds, how a round's budget splits, and why AP's removals can only activate",
-          hint="run the experiment cell after the question and read each number; notebook 01, section 2 (1 − 0.8^r) "
-               "and notebook 02, section 1 ('Why it activates') explain them")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, ap_experiment())
+course.predictions_exercise("01.5", ap_experiment, points=2,
+                            goal="how the schedule compounds, how a round's budget splits, and why AP's removals can "
+                                 "only activate",
+                            explained="notebook 01, section 2 (1 − 0.8^r) and notebook 02, section 1 ('Why it "
+                                      "activates') explain them")

@@ -353,11 +353,9 @@ def grokking_experiment() -> dict[str, Any]:
     return out
 
 
-@exercise("02.4", "predictions", points=2, uses_seed=False,
-          goal="what the IPR measures and what it ignores, how many labels are corrupted, and what a network that "
-               "answers the true sum scores on corrupted labels",
-          hint="run the experiment cell after the question and read each number; notebook 01, section 3 (the rfft "
-               "convention, a one-hot vector's 1/49), notebook 02, section 1 (int(ξ·n_train), the 1/p chance hits) "
-               "and Appendix C's rules (gk.classify_phase) explain them")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, grokking_experiment())
+course.predictions_exercise("02.4", grokking_experiment, points=2,
+                            goal="what the IPR measures and what it ignores, how many labels are corrupted, and what "
+                                 "a network that answers the true sum scores on corrupted labels",
+                            explained="notebook 01, section 3 (the rfft convention, a one-hot vector's 1/49), "
+                                      "notebook 02, section 1 (int(ξ·n_train), the 1/p chance hits) and Appendix C's "
+                                      "rules (gk.classify_phase) explain them")

@@ -340,12 +340,10 @@ def ihomer_experiment() -> dict[str, Any]:
     return out
 
 
-@exercise("03.5", "predictions", points=2, uses_seed=False,
-          goal="what the Jaccard distance ignores, how the conventions of the F1s score empty labelsets, and when "
-               "ODAC splits",
-          hint="run the experiment cell after the question and read each number; notebook 02, section 1 (n00 does "
-               "not enter), notebook 01, section 3 (an F1 with a zero denominator counts 0) and notebook 03, "
-               "sections 1 and 2 (the split test; merging small clusters) explain them")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, ihomer_experiment())
+course.predictions_exercise("03.5", ihomer_experiment, points=2,
+                            goal="what the Jaccard distance ignores, how the conventions of the F1s score empty "
+                                 "labelsets, and when ODAC splits",
+                            explained="notebook 02, section 1 (n00 does not enter), notebook 01, section 3 (an F1 "
+                                      "with a zero denominator counts 0) and notebook 03, sections 1 and 2 (the split "
+                                      "test; merging small clusters) explain them")
 

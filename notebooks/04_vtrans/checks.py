@@ -303,10 +303,8 @@ def vtrans_experiment() -> dict[str, Any]:
     return out
 
 
-@exercise("04.5", "predictions", points=2, uses_seed=False,
-          goal="where a BERT's parameters are (half of MiniLM is its embedding table), what one head and one hidden "
-               "dimension cost, and what the KL and the keep rule say about two units",
-          hint="run the experiment cell after the question and read each number; notebook 01 (the size formula, the "
-               "KL and the keep rule) explains them")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, vtrans_experiment())
+course.predictions_exercise("04.5", vtrans_experiment, points=2,
+                            goal="where a BERT's parameters are (half of MiniLM is its embedding table), what one "
+                                 "head and one hidden dimension cost, and what the KL and the keep rule say about two "
+                                 "units",
+                            explained="notebook 01 (the size formula, the KL and the keep rule) explains them")

@@ -302,11 +302,9 @@ def dependency_experiment() -> dict[str, Any]:
     return out_
 
 
-@exercise("05.5", "predictions", points=2, uses_seed=False,
-          goal="what M does and does not change in the mask and the tree, how cycles become roots, and how many "
-               "tokens Lite keeps",
-          hint="run the experiment cell after the question and read each number; notebook 01 ('The operator, checked"
-               " on tensors set by hand': the columns sum to M), notebook 02 ('Reading a tree off a mask': cycles) "
-               "and notebook 03 ('Pruning at inference only': Lite's counts) explain them")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, dependency_experiment())
+course.predictions_exercise("05.5", dependency_experiment, points=2,
+                            goal="what M does and does not change in the mask and the tree, how cycles become roots, "
+                                 "and how many tokens Lite keeps",
+                            explained="notebook 01 ('The operator, checked on tensors set by hand': the columns sum "
+                                      "to M), notebook 02 ('Reading a tree off a mask': cycles) and notebook 03 "
+                                      "('Pruning at inference only': Lite's counts) explain them")

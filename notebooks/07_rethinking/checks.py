@@ -396,11 +396,8 @@ def rethinking_experiment() -> dict[str, Any]:
     return out
 
 
-@exercise("07.5", "predictions", points=2, uses_seed=False,
-          goal="what one global |γ| threshold does with ties, signs and a starved layer; how Scratch-B's budget "
-               "scales; where a VGG's parameters and FLOPs sit",
-          hint="run the experiment cell after the question and read each number; notebook 02 ('The method': the "
-               "threshold), notebook 01 ('The method': E_B, and the architecture table: parameters and MACs) explain "
-               "them")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, rethinking_experiment())
+course.predictions_exercise("07.5", rethinking_experiment, points=2,
+                            goal="what one global |γ| threshold does with ties, signs and a starved layer; how "
+                                 "Scratch-B's budget scales; where a VGG's parameters and FLOPs sit",
+                            explained="notebook 02 ('The method': the threshold), notebook 01 ('The method': E_B, and "
+                                      "the architecture table: parameters and MACs) explain them")

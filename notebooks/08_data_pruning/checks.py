@@ -337,11 +337,9 @@ def predictions_match(student: Any, measured: dict[str, Any]) -> bool:
     return True
 
 
-@exercise("08.5", "predictions", points=2, uses_seed=False,
-          goal="the range of EL2N, how many examples a fraction keeps, the hard keep's margin threshold, and which "
-               "keep rule the theory prefers with scarce and abundant data",
-          hint="run the experiment cell after the question and read each number; notebook 02 ('Four metrics': EL2N), "
-               "notebook 01 ('The model', 'Easy or hard? It depends on how much data there is', and the learning "
-               "curves of keeping the hardest below two examples per dimension) explain them")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, pruning_experiment())
+course.predictions_exercise("08.5", pruning_experiment, points=2,
+                            goal="the range of EL2N, how many examples a fraction keeps, the hard keep's margin "
+                                 "threshold, and which keep rule the theory prefers with scarce and abundant data",
+                            explained="notebook 02 ('Four metrics': EL2N), notebook 01 ('The model', 'Easy or hard? "
+                                      "It depends on how much data there is', and the learning curves of keeping the "
+                                      "hardest below two examples per dimension) explain them")

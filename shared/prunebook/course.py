@@ -100,6 +100,18 @@ def exercise(id: str, name: str, *, points: int = 1, hint: str, goal: str = "", 
     return register
 
 
+PREDICT = "run the experiment cell after the question and read each number; "
+
+
+def predictions_exercise(id: str, experiment: Callable[[], dict[str, Any]], *, goal: str, explained: str,
+                         points: int = 2) -> None:
+    """Register a "predict, then run" exercise ``id``: the student's dict ``predictions`` against what
+    ``experiment()`` measures (:func:`compare_predictions`). ``explained`` ends the hint: the notebook sections that
+    explain each number."""
+    exercise(id, "predictions", points=points, uses_seed=False, goal=goal, hint=PREDICT + explained)(
+        lambda student, generator: compare_predictions(student, experiment()))
+
+
 def _source_file(fn: Callable) -> str:
     return str(Path(fn.__code__.co_filename).resolve())
 
