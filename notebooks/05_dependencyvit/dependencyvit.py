@@ -35,10 +35,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from prunebook import data, prune, train
+from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -594,8 +596,6 @@ def kmeans_ari(images: torch.Tensor | np.ndarray, truth: np.ndarray, patch: int,
     the subtrees; the mean over images. ``position + pixels``: every column standardised over the image's
     foreground, each group then divided by the square root of its width, so the two groups weigh alike (our
     choice, fixed before any run)."""
-    from sklearn.cluster import KMeans
-
     feats = patch_features(images, patch, feature)
     aris = []
     for f, t in zip(feats, truth):
@@ -621,8 +621,6 @@ def draw_tree(ax, image: np.ndarray, mask: np.ndarray, k: int, title: str, first
     """The paper's tree figure on one matplotlib axis: ``image`` under its patches coloured by :func:`part_labels`
     subtree (``k`` heads; tab10 colours from ``first_colour`` on), an arrow from every child to its parent and a
     star on every root."""
-    import matplotlib.pyplot as plt
-
     side = int(round(math.sqrt(len(mask))))
     tree, labels = part_labels(mask, k)
     heads = {h: i for i, h in enumerate(dict.fromkeys(labels.tolist()))}

@@ -12,6 +12,7 @@ outline set, the paper-scale loaders (DSB2018, ISBI 2012 EM), one cached trainin
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import statistics
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import imageio.v3 as iio
 import numpy as np
+import tifffile
 import torch
 import torch.nn.functional as F
 from prunebook import data, display, prune, train
@@ -212,9 +215,6 @@ def nuclei_images(sources=("stardist", "cellunet")) -> list[dict[str, Any]]:
     """The real nuclei images with masks: the DSB2018 image of the stardist wheel (512×512, 125 labelled
     nuclei) and the two cellunet images (1080×1280, classes 0 background / 1 boundary / 2 interior; the nucleus
     is 1 ∪ 2, since the boundary pixels belong to the nucleus). Each: name, image (float32, normalised), mask."""
-    import imageio.v3 as iio
-    import tifffile
-
     out = []
     for src in sources:
         root = data.package_dir(src)
@@ -366,8 +366,6 @@ def receptive_field(model: NestedUNet, size: int = 192, level: int | None = None
     """Width in pixels of the input region that the centre output pixel of the last head at ``level`` depends on
     (where the gradient of that pixel with respect to the input is non-zero). Measured on a copy with positive
     weights and a positive input, so that no ReLU is off and every path of the graph counts."""
-    import copy
-
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -404,8 +402,6 @@ def load_dsb2018(data_root, size: int = 96, limit: int = 0) -> dict[str, np.ndar
     """DSB2018 stage-1 training set (670 images): ``stage1_train/<id>/images/<id>.png`` and
     ``stage1_train/<id>/masks/*.png`` (one PNG per nucleus), each resized to ``size``×``size`` as in the paper.
     Returns images (n, 1, size, size) in [0, 1] (grey), masks (n, 1, size, size) {0, 1}."""
-    import imageio.v3 as iio
-
     root, tried = _find(data_root, ["stage1_train", "dsb2018/stage1_train", "DSB2018/stage1_train"])
     if root is None:
         raise data.missing_dataset("DSB2018 stage-1 train (670 nuclei images)", tried,
@@ -429,8 +425,6 @@ def load_dsb2018(data_root, size: int = 96, limit: int = 0) -> dict[str, np.ndar
 def load_isbi_em(data_root) -> dict[str, np.ndarray]:
     """ISBI 2012 EM segmentation: ``train-volume.tif`` and ``train-labels.tif`` (30 images 512×512; label 255 =
     cell interior, 0 = membrane). Returns images (30, 1, 512, 512) in [0, 1] and masks (interior = 1)."""
-    import tifffile
-
     root, tried = _find(data_root, ["isbi2012", "ISBI2012", "."])
     if root is None or not (root / "train-volume.tif").exists():
         raise data.missing_dataset("ISBI 2012 EM (train-volume.tif, train-labels.tif)", tried,

@@ -25,6 +25,7 @@ notebooks answer it with the pieces below.
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -340,8 +341,6 @@ def latency_side_by_side(models: dict[str, nn.Module], batch: torch.Tensor, roun
 def magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
     """Han et al.'s criterion on a copy of ``model``: one global |w| threshold over all conv weights, removing
     ``sparsity`` of them. Returns the masks keyed by parameter name (``features.0.weight``)."""
-    import copy
-
     clone = copy.deepcopy(model)  # convs only, as the official weight-level code
     prune.global_magnitude(clone, sparsity, params=prune.prunable(clone, types=(nn.Conv2d,)))
     return prune.masks(clone)

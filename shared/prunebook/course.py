@@ -21,6 +21,9 @@ series module they compare against (``import ap``). This module holds only what 
 
     prunebook course build [--series 00 ...] [--out DIR]       student copies (handouts)
     prunebook course grade SUBMISSIONS... --seed S [--lab 00]  points per exercise (CSV), feedback per student
+
+torch, nbformat and nbclient are imported where they are used: each takes seconds to import, and the command line
+(``course build``, ``--help``) needs neither torch nor a kernel.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import ast
 import copy
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -150,8 +154,6 @@ def lab_checks(number: str) -> Any:
     """Lab ``number``'s checks module (its folder's ``checks.py``), imported once. The lab's folder goes on
     ``sys.path`` first, as the notebooks have it, so the checks import the series module they compare against
     (``import ap``) by its plain name."""
-    import importlib.util
-
     if number in _LOADED:
         return _LOADED[number]
     folder = lab_folder(number)
@@ -723,12 +725,10 @@ def _which_lab(root: Path, lab: str | None, files: Sequence[Path]) -> tuple[str,
     if lab is not None:
         (name, path), = pick_labs(root, [lab]).items()
         return name, path
-    import json as _json
-
     named = {}
     for f in files:
         try:
-            named.setdefault(_json.loads(f.read_text())["metadata"]["prunebook"]["lab"], []).append(f)
+            named.setdefault(json.loads(f.read_text())["metadata"]["prunebook"]["lab"], []).append(f)
         except Exception:
             continue
     labs = repo_labs(root)
