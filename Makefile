@@ -2,6 +2,7 @@
 #   make test                               the unit tests and every notebook at the smoke profile
 #   make reproduce                          every series at the cpu profile, then the claims report
 #   make reproduce SERIES=02_grokking PROFILE=paper ARGS="-p seed=1"
+#   make dry-run                            every series' paper profile on stand-in data, a few steps (proves no number)
 #   make lab                                JupyterLab in the venv
 #   make book                               the website (notebooks, dashboard, gallery) in _build/book/
 
@@ -13,7 +14,7 @@ SERIES ?=
 ARGS ?=
 JOBS ?= auto
 
-.PHONY: setup test reproduce report list lab lint book book-screenshot
+.PHONY: setup test reproduce dry-run report list lab lint book book-screenshot
 
 setup: $(VENV)/.installed
 
@@ -31,6 +32,11 @@ test: setup
 reproduce: setup
 	$(BIN)/prunebook run $(SERIES) --profile $(PROFILE) $(ARGS); status=$$?; \
 		$(BIN)/prunebook report --profile $(PROFILE); exit $$status
+
+# the paper profile of every notebook at the papers' model sizes and input shapes, on stand-in data, every training cut
+# to a few steps, two series side by side; writes only runs/paper-dry/ and git-ignored paper-dry folders
+dry-run: setup
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/prunebook run $(SERIES) --profile paper --dry-run --workers 2 $(ARGS)
 
 report: setup
 	$(BIN)/prunebook report

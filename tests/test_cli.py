@@ -116,3 +116,55 @@ def test_default_workers_one_per_gpu_else_by_cores(monkeypatch):
     assert cli.default_workers(1) == 3 and cli.default_workers(9) == 3  # one per GPU, however many chains
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CUDA hides every GPU: by the cores, at most one per chain
     assert cli.default_workers(2) == 2 and cli.default_workers(9) == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--profile", "cpu", "--dry-run"], "--dry-run runs the paper profile only, not 'cpu'"),
+    (["run", "--dry-run"], "--dry-run runs the paper profile only, not 'cpu'"),
+    (["run", "--profile", "smoke", "--dry-run"], "--dry-run runs the paper profile only, not 'smoke'"),
+    (["run", "--profile", "paper", "--dry-run", "--inplace"], "--dry-run never writes over the committed notebooks"),
+])
+def test_dry_run_refusals_take_one_line(demo_root, args, message):
+    out = prunebook(*args, root=demo_root)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (demo_root / "runs").exists()
+
+
+def test_dry_run_refuses_to_write_into_committed_results(demo_root):
+    committed = demo_root / "notebooks" / "00_demo" / "results" / "paper"
+    out = prunebook("run", "--profile", "paper", "--dry-run", root=demo_root,
+                    env_extra={"PRUNEBOOK_RESULTS_DIR": str(committed)})
+    assert out.returncode == 2
+    assert "--dry-run would write its results into notebooks/00_demo/results/paper" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_dry_run_writes_only_paper_dry_paths_with_its_banner(demo_root, tmp_path):
+    cache = tmp_path / "cache"
+    out = prunebook("run", "00", "--profile", "paper", "--dry-run", "--workers", "1", root=demo_root,
+                    env_extra={"PRUNEBOOK_CACHE": str(cache), "PRUNEBOOK_DRY_RUN": ""})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 of 1 notebooks ran at paper (dry run" in out.stdout
+    series = demo_root / "notebooks" / "00_demo"
+    executed = demo_root / "runs" / "paper-dry" / "00_demo" / "01_demo.ipynb"
+    nb = json.loads(executed.read_text())
+    assert nb["cells"][0]["cell_type"] == "markdown" and "Dry run on stand-in data" in nb["cells"][0]["source"]
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "DRY RUN" in printed  # the configuration in force says so
+    result = json.loads((series / "results" / "paper-dry" / "01_demo.json").read_text())
+    assert result["profile"] == "paper"
+    assert (series / "figures" / "paper-dry" / "demo_accuracy.png").is_file()
+    assert not (series / "results" / "paper").exists() and not (series / "figures" / "paper").exists()
+    assert not (demo_root / "runs" / "paper").exists()
+    # the source notebook is untouched
+    assert json.loads((series / "01_demo.ipynb").read_text())["cells"][0]["cell_type"] == "markdown"
+    assert "Dry run" not in (series / "01_demo.ipynb").read_text()
+
+
+def test_paper_dry_paths_are_git_ignored():
+    root = Path(__file__).resolve().parents[1]
+    for path in ("notebooks/01_ap/results/paper-dry/x.json", "notebooks/01_ap/figures/paper-dry/x.png",
+                 "runs/paper-dry/01_ap/01_dead_neurons.ipynb"):
+        out = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
+        assert out.returncode == 0, f"{path} is not ignored"

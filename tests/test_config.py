@@ -119,3 +119,48 @@ def test_resolve_applies_the_figure_style():
     code = ("import matplotlib as mpl, prunebook.config as c; c.resolve({'smoke': {}, 'cpu': {}, 'paper': {}}, "
             "'smoke', verbose=False); assert mpl.rcParams['savefig.dpi'] == 160")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+WITH_PAPER = {**CONFIGS, "paper": {"epochs": 160, "lr": 0.1, "model": "resnet", "sizes": [1, 2], "augment": True}}
+
+
+def test_dry_run_is_off_unless_asked(monkeypatch):
+    monkeypatch.delenv("PRUNEBOOK_DRY_RUN", raising=False)
+    cfg = config.resolve(WITH_PAPER, "paper", verbose=False)
+    assert cfg.dry_run is False and "dry_run" not in cfg
+    assert config.dry_steps(300) == 300
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "0")
+    assert config.resolve(WITH_PAPER, "paper", verbose=False).dry_run is False
+
+
+def test_dry_run_of_the_paper_profile(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("PRUNEBOOK_RESULTS_DIR", raising=False)
+    monkeypatch.delenv("PRUNEBOOK_FIGURES_DIR", raising=False)
+    plain = config.resolve(WITH_PAPER, "paper", verbose=False)
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    cfg = config.resolve(WITH_PAPER, "paper")
+    assert cfg.dry_run is True and cfg.profile == "paper"
+    assert cfg.key() == plain.key()  # an attribute, not a setting
+    assert "DRY RUN" in capsys.readouterr().out
+    assert config.dry_steps(300) == config.DRY_STEPS and config.dry_steps(1) == 1 and config.dry_steps(9, 3) == 3
+    monkeypatch.chdir(tmp_path)
+    assert config.output_dir("results", "paper") == tmp_path / "results" / "paper-dry"
+    assert config.output_dir("figures", "paper") == tmp_path / "figures" / "paper-dry"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_dry_run_of_another_profile_is_refused(monkeypatch, profile):
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    with pytest.raises(config.ConfigError, match="runs the 'paper' profile only"):
+        config.resolve(WITH_PAPER, profile, verbose=False)
+
+
+def test_dry_run_has_its_own_cache_folder(monkeypatch, tmp_path):
+    from prunebook import cache
+
+    monkeypatch.setenv("PRUNEBOOK_CACHE", str(tmp_path))
+    monkeypatch.delenv("PRUNEBOOK_DRY_RUN", raising=False)
+    assert cache.cache_dir() == tmp_path
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    assert cache.cache_dir() == tmp_path / "paper-dry"
+    assert cache.path_for("demo", {"a": 1}).parent == tmp_path / "paper-dry" / "demo"

@@ -24,16 +24,17 @@ from typing import Any
 
 import torch
 
-from .config import config_hash
+from .config import DRY_RUN_DIR, config_hash, dry_run_requested
 
 # Bump when a change to the shared code makes old cached results wrong.
 CACHE_VERSION = 1
 
 
 def cache_dir() -> Path:
-    """``$PRUNEBOOK_CACHE``, else ``~/.cache/prunebook``."""
-    root = os.environ.get("PRUNEBOOK_CACHE") or Path.home() / ".cache" / "prunebook"
-    return Path(root)
+    """``$PRUNEBOOK_CACHE``, else ``~/.cache/prunebook``; a dry run (``$PRUNEBOOK_DRY_RUN``) uses its ``paper-dry``
+    subfolder, so its stand-in results never mix with real runs' entries."""
+    root = Path(os.environ.get("PRUNEBOOK_CACHE") or Path.home() / ".cache" / "prunebook")
+    return root / DRY_RUN_DIR if dry_run_requested() else root
 
 
 def key(namespace: str, config: Any) -> str:

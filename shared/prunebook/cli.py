@@ -3,6 +3,7 @@
     prunebook list
     prunebook run [SERIES ...] --profile cpu [--inplace] [-p key=value ...] [--only PATTERN]
                   [--workers N | --scheduler tcp://host:8786] [--seeds 0 1 2]
+    prunebook run [SERIES ...] --profile paper --dry-run
     prunebook report [--profile cpu] [--seeds]
     prunebook course build [--series 00 ...] [--out DIR]
     prunebook course grade SUBMISSIONS... --seed S [--lab 00] [--timeout 600] [--out DIR] [--jobs N]
@@ -12,6 +13,11 @@ copies go to ``runs/<profile>/<series>/`` unless ``--inplace``, which copies a n
 only once it ran through. A failing notebook is reported (cell and error) and the others still run.
 With more than one worker, or a scheduler, the series run side by side as Dask tasks (each series' notebooks in
 reading order); ``--seeds`` runs every series once per seed.
+
+``--dry-run`` (``paper`` only) runs the paper configuration on stand-in data of the real shapes, every training cut
+to a few steps: the kernel gets ``PRUNEBOOK_DRY_RUN=1``, executed copies go to ``runs/paper-dry/`` and start with a
+note saying what a dry run proves and what it does not, results and figures go to git-ignored ``paper-dry``
+folders, the cache to its own folder. It never writes over committed notebooks, results or figures.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import claims
-from .config import PROFILES, checkout
+from .config import DRY_RUN_DIR, DRY_RUN_ENV, DRY_STEPS, PROFILES, checkout
 from .display import kernel_manager_class, one_line
 from .report import read_results, read_seed_results, report_markdown, seeds_markdown
 
@@ -177,6 +183,44 @@ def clean_executed(path: Path, root: Path) -> None:
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
+DRY_RUN_BANNER = (
+    "> **Dry run on stand-in data, not a result.** This copy ran the notebook's `paper` configuration with "
+    "`prunebook run --profile paper --dry-run`: the paper's models at full size and the paper's input shapes, class "
+    "counts and sequence lengths, but random stand-in data in place of the paper's datasets, every training cut to "
+    f"{DRY_STEPS} steps and every evaluation to a batch or two (stand-in sets are small, and where a paper-size "
+    "batch made a CPU step too slow the configuration printed below says which batch was cut).\n>\n"
+    "> What it proves: the paper's code path runs at the paper's shapes, from loading to the claims table, on "
+    "this machine's device. What it does not prove: anything about the paper. Every number, figure and verdict "
+    "below comes from random data and a few steps, and means nothing."
+)
+
+
+def add_dry_run_banner(path: Path) -> None:
+    """Put the dry run's note (:data:`DRY_RUN_BANNER`) first in an executed notebook."""
+    nb = json.loads(path.read_text())
+    cell = {"cell_type": "markdown", "id": "prunebook-dry-run", "metadata": {"tags": ["dry-run"]},
+            "source": DRY_RUN_BANNER}
+    nb["cells"] = [cell] + [c for c in nb["cells"] if c.get("id") != "prunebook-dry-run"]
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def check_dry_run(args: argparse.Namespace, root: Path) -> None:
+    """Refuse, in one line, a dry run that is not of the ``paper`` profile or that would write into committed
+    notebooks, ``results/`` or ``figures/``."""
+    if args.profile != "paper":
+        raise UsageError(f"--dry-run runs the paper profile only, not {args.profile!r}: use --profile paper --dry-run")
+    if args.inplace:
+        raise UsageError("--dry-run never writes over the committed notebooks: drop --inplace (the executed copies "
+                         f"go to runs/{DRY_RUN_DIR}/)")
+    for kind in ("results", "figures"):
+        override = os.environ.get(f"PRUNEBOOK_{kind.upper()}_DIR")
+        if override and not args.seeds:
+            folder = Path(override).resolve()
+            if folder.is_relative_to(root / "notebooks") and DRY_RUN_DIR not in folder.parts:
+                raise UsageError(f"--dry-run would write its {kind} into {folder.relative_to(root)} "
+                                 f"(PRUNEBOOK_{kind.upper()}_DIR): unset it, or name a folder outside notebooks/")
+
+
 def run_notebook(nb: Path, out: Path, params: dict[str, Any], profile: str) -> str | None:
     """Execute one notebook with papermill; returns None on success, else a one-paragraph error. A bad parameter
     value (``ConfigError`` from ``resolve()``) stops the whole run instead: every other notebook would refuse it
@@ -232,6 +276,8 @@ def notebook_task(job: dict[str, Any], prev: dict[str, Any] | None = None) -> di
             distributed.rejoin()
     took = time.time() - t0
     written = None
+    if job.get("dry_run") and out.is_file():
+        add_dry_run_banner(out)
     if not error:
         clean_executed(out, root)
         if job["inplace"]:
@@ -248,6 +294,9 @@ def plan_run(args: argparse.Namespace, root: Path) -> list[list[dict[str, Any]]]
     notebooks = [nb for nbs in selected.values() for nb in nbs]
     if not notebooks:
         raise UsageError(f"--only {args.only} matches no notebook of {', '.join(series)}")
+    dry_run = getattr(args, "dry_run", False)
+    if dry_run:
+        check_dry_run(args, root)
     params = parse_parameters(args.param)
     if args.seeds and "seed" in params:
         raise UsageError("-p seed=... and --seeds: choose the seeds with --seeds only")
@@ -255,8 +304,9 @@ def plan_run(args: argparse.Namespace, root: Path) -> list[list[dict[str, Any]]]
     for seed in args.seeds or [None]:
         per_notebook = check_parameters(params if seed is None else {**params, "seed": seed}, notebooks)
         for name, nbs in selected.items():
-            env: dict[str, str | None] = {"PRUNEBOOK_HEADLESS": "1", "PRUNEBOOK_PROFILE": args.profile}
-            runs = root / "runs" / args.profile
+            env: dict[str, str | None] = {"PRUNEBOOK_HEADLESS": "1", "PRUNEBOOK_PROFILE": args.profile,
+                                          DRY_RUN_ENV: "1" if dry_run else None}
+            runs = root / "runs" / (DRY_RUN_DIR if dry_run else args.profile)
             if seed:  # every seed but 0 writes beside, never over, the committed (seed-0) outputs
                 runs = runs / f"seed-{seed}"
                 env["PRUNEBOOK_RESULTS_DIR"] = str(runs / name / "results")
@@ -265,7 +315,8 @@ def plan_run(args: argparse.Namespace, root: Path) -> list[list[dict[str, Any]]]
                 env["PRUNEBOOK_RESULTS_DIR"] = env["PRUNEBOOK_FIGURES_DIR"] = None
             chains.append([{"nb": str(nb), "out": str(runs / nb.relative_to(root / "notebooks")), "root": str(root),
                             "rel": str(nb.relative_to(root / "notebooks")), "seed": seed, "profile": args.profile,
-                            "params": per_notebook[nb], "env": env, "inplace": args.inplace and not seed}
+                            "params": per_notebook[nb], "env": env, "inplace": args.inplace and not seed,
+                            "dry_run": dry_run}
                            for nb in nbs])
     return [chain for chain in chains if chain]
 
@@ -288,7 +339,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         results = _run_on_cluster(chains, root, scheduler, workers)
     jobs = [job for chain in chains for job in chain]
     failures = [r["rel"] + _seed_note(r) for r in results if r.get("error")]
-    print(f"{len(jobs) - len(failures)} of {len(jobs)} notebooks ran at {args.profile}.")
+    dry = " (dry run on stand-in data: no number means anything)" if getattr(args, "dry_run", False) else ""
+    print(f"{len(jobs) - len(failures)} of {len(jobs)} notebooks ran at {args.profile}{dry}.")
     if failures:
         print("failed: " + ", ".join(failures))
     return 1 if failures else 0
@@ -473,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "notebook after another")
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="run on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (default: $PRUNEBOOK_SCHEDULER)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="with --profile paper: the paper configuration at full model size on stand-in data of the "
+                          f"real shapes, every training cut to {DRY_STEPS} steps; writes only under git-ignored "
+                          f"{DRY_RUN_DIR} folders; proves the code path runs, not any number")
     run.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                      help="run once per seed (-p seed=S); seed 0 writes the usual outputs, the others under "
                           "runs/<profile>/seed-S/")

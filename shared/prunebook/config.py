@@ -6,6 +6,12 @@ A notebook declares one dict of settings per profile and resolves them in one li
 
 The profile comes from the argument, else ``$PRUNEBOOK_PROFILE``, else ``cpu``. Every override must name a
 setting the profile defines and have its type; ``None`` keeps the profile's value (the papermill default).
+
+A dry run (``prunebook run --profile paper --dry-run``, which sets ``$PRUNEBOOK_DRY_RUN=1`` for the kernel) runs
+the ``paper`` configuration at the paper's model sizes on stand-in data of the real datasets' shapes, every
+training cut to a few steps (:func:`dry_steps`): ``cfg.dry_run`` is True, results and figures go to git-ignored
+``paper-dry`` folders (:func:`output_dir`) and the cache to its own folder. It proves that the paper's code path
+runs; none of its numbers means anything.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ if TYPE_CHECKING:
 PROFILES = ("smoke", "cpu", "paper")
 DEFAULT_PROFILE = "cpu"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DRY_RUN_ENV = "PRUNEBOOK_DRY_RUN"
+DRY_RUN_DIR = "paper-dry"  # the results/figures folder (and cache folder) of a dry run
+DRY_STEPS = 2  # a dry run's trainings take this many steps (epochs, iterations), evaluations this many batches
 
 PROFILE_HELP = {
     "smoke": "CI size, under a minute; proves nothing about the paper",
@@ -39,7 +48,10 @@ class ConfigError(ValueError):
 
 
 class Config(dict):
-    """The settings in force: a dict whose keys are also attributes (``cfg.epochs``)."""
+    """The settings in force: a dict whose keys are also attributes (``cfg.epochs``). ``cfg.dry_run`` (True only in
+    a dry run of the ``paper`` profile) is an attribute, not a setting: it changes no cache key."""
+
+    dry_run = False
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -69,6 +81,17 @@ def resolve_profile(profile: str | None = None) -> str:
     if profile not in PROFILES:
         raise ConfigError(f"{source}={profile!r} is not a profile; choose one of: {', '.join(PROFILES)}")
     return profile
+
+
+def dry_run_requested() -> bool:
+    """Whether this process runs a dry run (``$PRUNEBOOK_DRY_RUN`` set to anything but empty or ``0``)."""
+    return os.environ.get(DRY_RUN_ENV, "") not in ("", "0")
+
+
+def dry_steps(n: int, steps: int = DRY_STEPS) -> int:
+    """``n`` (epochs, iterations, evaluation batches), cut to ``steps`` in a dry run; ``n`` itself otherwise. The
+    one place where the paper's schedules are shortened, used where the training loops are."""
+    return min(n, steps) if dry_run_requested() else n
 
 
 def _check_type(name: str, value: Any, default: Any, choices: dict[str, Any]) -> Any:
@@ -119,6 +142,10 @@ def resolve(
     """
     global _current
     profile = resolve_profile(profile)
+    dry_run = dry_run_requested()
+    if dry_run and profile != "paper":
+        raise ConfigError(f"a dry run (${DRY_RUN_ENV}=1) runs the 'paper' profile only, not {profile!r}: "
+                          f"use `prunebook run --profile paper --dry-run`, or unset {DRY_RUN_ENV}")
     if profile not in configs:
         raise ConfigError(f"this notebook has no {profile!r} profile; it defines: {', '.join(configs)}")
     choices = choices or {}
@@ -141,6 +168,7 @@ def resolve(
     cfg["device"] = str(pick_device(device))
     cfg["data_root"] = None if data_root is None else str(data_root)
     object.__setattr__(cfg, "started", time.time())
+    object.__setattr__(cfg, "dry_run", dry_run)
     seed_everything(seed)
     from .plots import use_style  # (here: plots imports config) every notebook resolves its configuration first
 
@@ -161,6 +189,9 @@ def current() -> Config:
 def describe(cfg: Config) -> str:
     width = max(map(len, cfg))
     lines = [f"profile {cfg.profile!r}: {PROFILE_HELP[cfg.profile]}"]
+    if cfg.dry_run:
+        lines.append(f"  DRY RUN: stand-in data of the paper's shapes, trainings cut to {DRY_STEPS} steps; it shows "
+                     f"that the code path runs, and no number it prints means anything")
     lines += [f"  {k:<{width}} = {v!r}" for k, v in cfg.items() if k != "profile"]
     return "\n".join(lines)
 
@@ -205,6 +236,9 @@ def series_dir() -> Path:
 def output_dir(kind: str, profile: str) -> Path:
     """Where a notebook writes its ``results`` or ``figures``: ``<series>/<kind>/<profile>/``, unless
     ``$PRUNEBOOK_RESULTS_DIR`` / ``$PRUNEBOOK_FIGURES_DIR`` names another folder (``prunebook run --seeds`` sets
-    them for every seed but the first, so those runs never overwrite the committed outputs)."""
+    them for every seed but the first, so those runs never overwrite the committed outputs). A dry run writes to
+    ``<series>/<kind>/paper-dry/``, which git ignores."""
     override = os.environ.get(f"PRUNEBOOK_{kind.upper()}_DIR")
-    return Path(override) if override else series_dir() / kind / profile
+    if override:
+        return Path(override)
+    return series_dir() / kind / (DRY_RUN_DIR if dry_run_requested() else profile)
