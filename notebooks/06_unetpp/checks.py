@@ -363,11 +363,10 @@ def unetpp_experiment() -> dict[str, Any]:
     return out
 
 
-@exercise("06.5", "predictions", points=2, uses_seed=False,
-          goal="how many tensors a node concatenates and how wide its block is, whether pruning changes what a head "
-               "computes, the scale of the deep-supervision loss, and the scores' edge cases",
-          hint="run the experiment cell after the question and read each number; notebook 1 (section 1: Eq. 1 and "
-               "the Keras layers), notebook 2 (section 1: the loss) and notebook 3 (section 1: why L^d is the full "
-               "network's head d) explain them")
-def _check_predictions(student, g) -> str:
-    return course.compare_predictions(student, unetpp_experiment())
+course.predictions_exercise("06.5", unetpp_experiment, points=2,
+                            goal="how many tensors a node concatenates and how wide its block is, whether pruning "
+                                 "changes what a head computes, the scale of the deep-supervision loss, and the "
+                                 "scores' edge cases",
+                            explained="notebook 1 (section 1: Eq. 1 and the Keras layers), notebook 2 (section 1: the "
+                                      "loss) and notebook 3 (section 1: why L^d is the full network's head d) explain "
+                                      "them")
