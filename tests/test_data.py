@@ -113,3 +113,39 @@ def test_pad_to_32():
 def test_package_dir_finds_an_installed_package_without_importing_it():
     assert (data.package_dir("prunebook") / "data.py").is_file()
     assert data.package_dir("no_such_package_here") is None
+
+
+def test_cifar_stand_in_only_in_a_dry_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEBOOK_CACHE", str(tmp_path))
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "0")  # not a dry run: a missing CIFAR stays the error
+    with pytest.raises(data.DatasetNotFoundError, match="cifar-10-batches-py"):
+        data.cifar("cifar10", data_root=tmp_path, download=False)
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    train, test = data.cifar("cifar10", "train", tmp_path), data.cifar("cifar100", "test", tmp_path)
+    assert train.x.shape == (data.STAND_IN_SIZES["train"], 3, 32, 32) and train.num_classes == 10
+    assert test.num_classes == 100 and "stand-in" in test.name
+    assert not (tmp_path / "data").exists()  # nothing looked for, nothing downloaded
+
+
+def test_stand_in_images_have_the_shapes_and_every_class():
+    ds = data.stand_in_images(2_000, (3, 224, 224), 1000, seed=3, name="imagenet-stand-in")
+    assert ds.x.shape == (2_000, 3, 224, 224) and ds.x.dtype == torch.float32
+    assert 0 <= ds.x.min() and ds.x.max() <= 1 and ds.num_classes == 1000
+    assert torch.equal(torch.bincount(ds.y, minlength=1000), torch.full((1000,), 2))
+    again = data.stand_in_images(2_000, (3, 224, 224), 1000, seed=3)
+    assert torch.equal(ds.x, again.x) and torch.equal(ds.y, again.y)
+
+
+def test_stand_in_tokens_look_like_bert_inputs():
+    batch = data.stand_in_tokens(8, 128, seed=1, num_labels=3)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape == batch["token_type_ids"].shape == (8, 128)
+    assert (ids[:, 0] == 101).all() and ids.max() < 30_522 and set(batch["labels"].tolist()) <= {0, 1, 2}
+    lengths = mask.sum(1)
+    assert (ids[torch.arange(8), lengths - 1] == 102).all() and (ids[mask == 0] == 0).all()
+
+
+def test_stand_in_multilabel_has_the_dimensions():
+    x, y = data.stand_in_multilabel(300, 103, 14, seed=0)  # Yeast: 103 features, 14 labels
+    assert x.shape == (300, 103) and y.shape == (300, 14) and y.dtype == np.int64
+    assert (y.sum(1) >= 1).all() and set(np.unique(y)) == {0, 1}

@@ -9,6 +9,11 @@ Where data comes from:
   with torchvision when none has it.
 - scikit-learn's digits (ships with scikit-learn).
 A dataset found nowhere raises :class:`DatasetNotFoundError` naming every place tried and how to get it.
+
+Stand-in data for a dry run of the ``paper`` profile (``prunebook run --profile paper --dry-run``): random tensors of
+a real dataset's shapes (:func:`stand_in_images`, :func:`stand_in_tokens`, :func:`stand_in_multilabel`). The
+``paper`` loaders use them only when ``cfg.dry_run`` is True (:func:`cifar` does so itself); outside a dry run a
+missing dataset is always the error above, never a silent stand-in.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 
 from .cache import cache_dir
+from .config import dry_run_requested
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -151,15 +157,22 @@ def _to_imageset(images: np.ndarray, labels: np.ndarray, classes, name: str) -> 
 # ---------------------------------------------------------------- CIFAR (paper profile)
 
 CIFAR = {"cifar10": ("CIFAR10", "cifar-10-batches-py"), "cifar100": ("CIFAR100", "cifar-100-python")}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+STAND_IN_SIZES = {"train": 512, "test": 256}  # a dry run's stand-in sets: enough for a few batches, not an epoch
 
 
 def cifar(name: str = "cifar10", split: str = "train", data_root: str | os.PathLike | None = None,
           download: bool = True) -> ImageSet:
-    """CIFAR-10 or CIFAR-100 through torchvision, as a 3×32×32 :class:`ImageSet`."""
+    """CIFAR-10 or CIFAR-100 through torchvision, as a 3×32×32 :class:`ImageSet`. In a dry run (and only then):
+    random stand-in images of that shape and class count (:data:`STAND_IN_SIZES` of them), never the real files."""
     if name not in CIFAR:
         raise ValueError(f"name={name!r}; choose one of: {', '.join(CIFAR)}")
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choose 'train' or 'test'")
+    if dry_run_requested():
+        classes = CIFAR10_CLASSES if name == "cifar10" else tuple(f"class {i}" for i in range(100))
+        return stand_in_images(STAND_IN_SIZES[split], (3, 32, 32), classes, seed=int(split == "test"),
+                               name=f"{name}-{split}-stand-in")
     import torchvision.datasets as tvd
 
     cls_name, folder_name = CIFAR[name]
@@ -264,3 +277,47 @@ def pad_to(ds: ImageSet, size: int = 32) -> ImageSet:
     top, left = (size - h) // 2, (size - w) // 2
     x = torch.nn.functional.pad(ds.x, (left, size - w - left, top, size - h - top))
     return ImageSet(x, ds.y, ds.classes, ds.name)
+
+
+# ---------------------------------------------------------------- stand-in data for a dry run of the paper profile
+
+def stand_in_images(n: int, shape: tuple[int, ...], classes: int | tuple[str, ...], seed: int = 0,
+                    name: str = "stand-in") -> ImageSet:
+    """``n`` random images of ``shape`` (``C×H×W``, values uniform in [0, 1]) with random labels over ``classes`` (a
+    count or the class names), every class present when ``n`` allows: a real dataset's shapes, none of its content."""
+    classes = tuple(f"class {i}" for i in range(classes)) if isinstance(classes, int) else tuple(classes)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *shape), generator=g)
+    y = torch.arange(n) % len(classes)
+    y = y[torch.randperm(n, generator=g)]
+    return ImageSet(x, y, classes, name)
+
+
+def stand_in_tokens(n: int, length: int, vocab_size: int = 30_522, seed: int = 0, num_labels: int = 2,
+                    special: tuple[int, int, int] = (101, 102, 0)) -> dict[str, torch.Tensor]:
+    """``n`` random sequences of ``length`` token ids of a BERT vocabulary (default bert-base-uncased's 30,522), as
+    a tokenizer returns them (``[CLS] … [SEP]`` with ids ``special`` = (CLS, SEP, PAD), random lengths, padded),
+    with ``attention_mask``, ``token_type_ids`` and random ``labels`` over ``num_labels`` classes."""
+    cls, sep, pad = special
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab_size, (n, length), generator=g)  # past the special and unused ids
+    lengths = torch.randint(max(2, length // 2), length + 1, (n,), generator=g)
+    positions = torch.arange(length)
+    mask = (positions[None, :] < lengths[:, None]).long()
+    ids[:, 0] = cls
+    ids[torch.arange(n), lengths - 1] = sep
+    ids[mask == 0] = pad
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+            "labels": torch.randint(0, num_labels, (n,), generator=g)}
+
+
+def stand_in_multilabel(n: int, n_features: int, n_labels: int, seed: int = 0,
+                        density: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """A random multi-label stream of ``n`` instances with a dataset's dimensions (an ARFF file's ``n_features``
+    numeric attributes and ``n_labels`` binary labels): features uniform in [0, 1), each label on with probability
+    ``density``, every instance with at least one label. Returns ``(X float64 n×n_features, Y int64 n×n_labels)``."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, n_features))
+    y = (rng.random((n, n_labels)) < density).astype(np.int64)
+    y[np.arange(n), rng.integers(0, n_labels, n)] = 1
+    return x, y
