@@ -1,4 +1,4 @@
-"""Unit tests of notebooks/08_data_pruning/data_pruning.py (exact and fast)."""
+"""Unit tests of the 08_data_pruning series package (notebooks/08_data_pruning/data_pruning/): exact and fast."""
 
 import math
 
@@ -264,7 +264,7 @@ def test_probe_runs_are_cached_per_seed_list(tmp_cache, monkeypatch):
     s = {k: 0 for k in dp.PROBE_KEYS} | {"l2": 1e-2, "tol": 1e-5, "max_iter": 100}
     calls = []
     real = dp.fit_probe
-    monkeypatch.setattr(dp, "fit_probe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(dp.probe, "fit_probe", lambda *a, **k: calls.append(1) or real(*a, **k))
     kw = dict(n0=40, frac=0.5, keep="hard", metric="el2n", scores=[torch.arange(80.0)] * 2, seeds=[0, 1])
     first = dp.probe_runs(feats, s, **kw)
     assert first["n"] == [20, 20] and len(calls) == 1  # two seeds of one size: one batched fit
