@@ -160,6 +160,10 @@ def test_dry_run_writes_only_paper_dry_paths_with_its_banner(demo_root, tmp_path
     # the source notebook is untouched
     assert json.loads((series / "01_demo.ipynb").read_text())["cells"][0]["cell_type"] == "markdown"
     assert "Dry run" not in (series / "01_demo.ipynb").read_text()
+    # a dry run's results are never reported as the paper profile's
+    assert "no results yet" in prunebook("report", root=demo_root).stdout
+    assert "no results at paper yet" in prunebook("report", "--profile", "paper", root=demo_root).stdout
+    assert "not run yet" in prunebook("list", root=demo_root).stdout
 
 
 def test_paper_dry_paths_are_git_ignored():
