@@ -3,6 +3,7 @@
 #   make reproduce                          every series at the cpu profile, then the claims report
 #   make reproduce SERIES=02_grokking PROFILE=paper ARGS="-p seed=1"
 #   make dry-run                            every series' paper profile on stand-in data, a few steps (proves no number)
+#   make gpu-check                          the prepared GPU check (about 8 min on one H100); ARGS=--quick: any machine
 #   make lab                                JupyterLab in the venv
 #   make book                               the website (notebooks, dashboard, gallery) in _build/book/
 
@@ -14,7 +15,7 @@ SERIES ?=
 ARGS ?=
 JOBS ?= auto
 
-.PHONY: setup test reproduce dry-run report list lab lint book book-screenshot
+.PHONY: setup test reproduce dry-run gpu-check report list lab lint book book-screenshot
 
 setup: $(VENV)/.installed
 
@@ -37,6 +38,11 @@ reproduce: setup
 # to a few steps, two series side by side; writes only runs/paper-dry/ and git-ignored paper-dry folders
 dry-run: setup
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/prunebook run $(SERIES) --profile paper --dry-run --workers 2 $(ARGS)
+
+# on one GPU: the paper dry run on the device, every series' step times in fp32 and bf16, prunebook.train against a
+# DataLoader loop, projected paper wall times; writes benchmarks/results/gpu_check.md and .json
+gpu-check: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 report: setup
 	$(BIN)/prunebook report
