@@ -99,3 +99,18 @@ def test_code_hash_of_a_package_covers_its_modules_but_not_a_labs_checks(tmp_pat
     assert cache.code_hash(package) == before
     (package / "a.py").write_text("def f():\n    return 2\n")
     assert cache.code_hash(package) != before
+
+
+def test_a_series_cache_key_holds_its_method_code(tmp_path, monkeypatch):
+    series = tmp_path / "notebooks" / "99_x"
+    series.mkdir(parents=True)
+    (series / "method.py").write_text("def f():\n    return 1\n")
+    monkeypatch.setattr(cache, "checkout", lambda: tmp_path)
+    monkeypatch.setenv("PRUNEBOOK_CACHE", str(tmp_path / "cache"))
+    cache.method_hash.cache_clear()
+    before = cache.path_for("99_x/run", {"seed": 0})
+    (series / "method.py").write_text("def f():\n    return 2\n")
+    cache.method_hash.cache_clear()
+    assert cache.path_for("99_x/run", {"seed": 0}) != before  # the code changed: recomputed
+    assert cache.path_for("no_series/run", {"seed": 0}).parent.name == "no_series"  # no folder: no code part
+    cache.method_hash.cache_clear()

@@ -11,6 +11,7 @@ the same key (workers of one cluster) each replace the file whole. A file that c
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import DRY_RUN_DIR, config_hash, dry_run_requested
+from .config import DRY_RUN_DIR, checkout, config_hash, dry_run_requested
 
 # Bump when a change to the shared code makes old cached results wrong.
 CACHE_VERSION = 1
@@ -62,11 +63,23 @@ def code_hash(source: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.cache
+def method_hash(series: str) -> str | None:
+    """:func:`code_hash` of the method code of ``notebooks/<series>/`` in the checkout (its module or package), or
+    None where there is no such folder."""
+    folder = checkout() / "notebooks" / series
+    return code_hash(folder) if folder.is_dir() else None
+
+
 def path_for(namespace: str, config: Any, suffix: str = ".pt") -> Path:
-    """Where the result of ``namespace`` under ``config`` lives (the folder is created)."""
-    folder = cache_dir() / namespace.split("/")[0]
+    """Where the result of ``namespace`` under ``config`` lives (the folder is created). A namespace is
+    ``"<series folder>/<what>"`` (``"07_rethinking/run"``): the key holds the series' method code
+    (:func:`method_hash`), so a change to what that code does recomputes its results and no version is bumped by
+    hand; :data:`CACHE_VERSION` covers the shared package."""
+    series = namespace.split("/")[0]
+    folder = cache_dir() / series
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / (key(namespace.replace("/", "-"), config) + suffix)
+    return folder / (key(namespace.replace("/", "-"), [method_hash(series), config]) + suffix)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
