@@ -53,12 +53,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from prunebook import config, data, models, prune, train
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_throughput import ArrayImages  # noqa: E402  (uint8 images served as PIL images, as torchvision's CIFAR10)
+
 NOTEBOOKS = ROOT / "notebooks"
 SERIES = ("01_ap", "02_grokking", "03_ihomer", "04_vtrans", "05_dependencyvit", "06_unetpp", "07_rethinking",
           "08_data_pruning")
@@ -476,19 +478,6 @@ def time_workload(w: Workload, device: torch.device, batch: int, rounds: int, re
     return row
 
 
-class ArrayImages(Dataset):
-    """uint8 HWC images served one PIL image at a time through a transform (as torchvision's CIFAR10)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-
 def loop_throughput(device: torch.device, n_images: int, batch: int, rounds: int, workers: int) -> dict:
     """Images per second of ``prunebook.train.fit`` and of a DataLoader loop training ResNet-20 on the same random
     CIFAR-shaped images (crop with padding 4 and flip in both), one pass each per round, alternating."""
@@ -583,8 +572,9 @@ def markdown(report: dict) -> str:
     dev = report["device"]
     lines = [f"# GPU check: {dev['name']}", "",
              f"`python benchmarks/gpu_check.py{' --quick' if report['quick'] else ''}`, {report['date']}, "
-             f"{report['wall_s']:.0f} s in all. torch {report['versions']['torch']}, CUDA "
-             f"{report['versions']['cuda']}, Python {report['versions']['python']}.", ""]
+             f"{report['wall_s']:.0f} s in all, commit {report['versions']['commit']}. torch "
+             f"{report['versions']['torch']}, CUDA {report['versions']['cuda']}, Python "
+             f"{report['versions']['python']}.", ""]
     if report["quick"]:
         lines += ["**Quick form**: tiny batches and one round on a few series; its step times say nothing about the "
                   "papers' batches, and its projections are not estimates (they show the report's shape).", ""]
@@ -593,10 +583,10 @@ def markdown(report: dict) -> str:
     if not d.get("available"):
         lines += [f"{d.get('note', 'not run')}.", ""]
     else:
-        lines += ["| series | status | wall s | last line |", "|---|---|---:|---|"]
+        lines += ["| series | status | wall s | limit s | last line |", "|---|---|---:|---:|---|"]
         for r in d["runs"]:
             last = (r["tail"][-1] if r["tail"] else "").replace("|", "/")[:100]
-            lines.append(f"| {r['series']} | {r['status']} | {r['wall_s']} | {last} |")
+            lines.append(f"| {r['series']} | {r['status']} | {r['wall_s']} | {r['limit_s']} | {last} |")
         lines.append("")
     lines += ["## 2. Training step times (paired rounds, median)", "",
               "| series | model | batch | fp32 ms | bf16 ms | bf16 / fp32 |", "|---|---|---:|---:|---:|---:|"]
@@ -643,8 +633,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dry-budget", type=float, default=300.0, help="seconds all the dry runs may take")
     parser.add_argument("--dry-parallel", type=int, default=8, help="series dry-run side by side (default: all)")
     parser.add_argument("--no-dry-run", action="store_true", help="skip step 1 (the quick form skips it anyway)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check"),
-                        help="report path without suffix (.md and .json are written)")
+    parser.add_argument("--out", default=None, help="report path without suffix, .md and .json are written (default: "
+                        "benchmarks/results/gpu_check, with --quick gpu_check_quick)")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     device = config.pick_device(args.device)
@@ -680,13 +670,17 @@ def main(argv=None) -> dict:
     for p in proj:
         print(f"  {p['series']}: {_hours(p['seconds'])}")
     versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                **{name: sys.modules[name].__version__ for name in ("torchvision", "transformers", "river")
+                   if name in sys.modules}}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    versions["commit"] = commit.stdout.strip() or None
     report = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "device": device_info(device), "versions": versions, "series": series,
               "settings": {"rounds": rounds, "repeats": repeats, "warmup": warmup},
               "dry_run": dry, "steps": rows, "loop": loop, "projection": proj}
     report["wall_s"] = time.perf_counter() - t_start
-    out = Path(args.out)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / ("gpu_check_quick" if args.quick else "gpu_check"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
