@@ -51,7 +51,6 @@ from .dependencies import (
     jaccard_from_counts,
 )
 from .evaluation import (
-    CODE_VERSION,
     Run,
     cached_prequential,
     multilabel_scores,
@@ -82,7 +81,7 @@ from .streams import MLStream, block_labels, drifting_blocks, moved_blocks, topi
 from .traces import cached_trace, draw_label_tree, trace_partition, tune_n_min
 
 __all__ = [  # every public name of the modules, as one flat namespace
-    'CODE_VERSION', 'DATA_HOW_TO', 'DriftReset', 'GLOBAL_BASELINES', 'HT_SETTINGS', 'HoeffdingTreeLC', 'IHOMER',
+    'DATA_HOW_TO', 'DriftReset', 'GLOBAL_BASELINES', 'HT_SETTINGS', 'HoeffdingTreeLC', 'IHOMER',
     'JaccardODAC', 'LOCAL_BASELINES', 'LabelCluster', 'LabelCombination', 'LeafNBA', 'MLStream', 'NullLearner',
     'PAPER_DATASETS', 'Run', 'ThresholdedRegressor', 'adjusted_rand', 'aggregate_test', 'average_ranks',
     'baselines', 'block_labels', 'cached_prequential', 'cached_trace', 'cooccurrence_counts',

@@ -57,20 +57,18 @@ def prequential(model: base.MultiLabelClassifier, stream: MLStream, name: str = 
     return Run(name, P, time.perf_counter() - start)
 
 
-CODE_VERSION = 1  # part of every cache key: bump when a change to this module changes results
-
-
 def cached_prequential(name: str, factory: Callable[[], base.MultiLabelClassifier], stream: MLStream,
                        key: dict, progress: bool = True) -> Run:
     """:func:`prequential` through prunebook's cache, keyed by ``name``, ``key`` (what identifies the stream and
-    the model's settings) and :data:`CODE_VERSION`. The stored wall time is that of the run that computed it."""
+    the model's settings), and the series' code (``prunebook.cache``). The stored wall time is that of the run
+    that computed it."""
     def compute():
         model = factory()
         run = prequential(model, stream, name, progress=progress)
         extra = {"events": list(model.events), "history": list(model.history)} if isinstance(model, IHOMER) else {}
         return {"P": run.P, "seconds": run.seconds, "extra": extra}
 
-    out = cache.cached("03_ihomer/prequential", {"name": name, "code": CODE_VERSION, "n": len(stream), **key}, compute)
+    out = cache.cached("03_ihomer/prequential", {"name": name, "n": len(stream), **key}, compute)
     return Run(name, out["P"], out["seconds"], out.get("extra", {}))
 
 

@@ -11,7 +11,6 @@ from prunebook import cache
 from prunebook import progress as bar
 
 from .clustering import adjusted_rand
-from .evaluation import CODE_VERSION
 from .model import IHOMER, NullLearner
 from .streams import MLStream, drifting_blocks
 
@@ -46,7 +45,7 @@ def cached_trace(seed: int, n: int, drift_at: int, n_min: int, **kw) -> dict:
     after it and the end."""
     stream = drifting_blocks(n, drift_at=drift_at, seed=seed)
     snaps = (1000, drift_at, drift_at + 1000, n)
-    key = {"seed": seed, "n": n, "drift": drift_at, "code": CODE_VERSION, "n_min": n_min, **kw}
+    key = {"seed": seed, "n": n, "drift": drift_at, "n_min": n_min, **kw}
     return cache.cached("03_ihomer/trace", key, lambda: trace_partition(
         stream, every=100, snapshots=snaps, progress=False, n_min=n_min, **kw))
 

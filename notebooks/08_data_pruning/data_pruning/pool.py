@@ -105,7 +105,7 @@ def pool_embedding(pool, s: dict, seed: int, device: str = "cpu") -> dict:
         state = {k: v.cpu() for k, v in enc.state_dict().items()}
         return {"embedding": embed(enc, pool.x, device=device), "losses": losses, "state": state}
 
-    return cache.cached("08_data_pruning/simclr", {**key, "seed": seed, "version": 2}, compute)
+    return cache.cached("08_data_pruning/simclr", {**key, "seed": seed}, compute)
 
 
 def embed_with(state: dict, model: str, x: torch.Tensor, device: str = "cpu") -> torch.Tensor:
