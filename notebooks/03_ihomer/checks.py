@@ -1,4 +1,4 @@
-"""The 03_ihomer lab's checks (``exercises.ipynb``): each exercise's function against ``ihomer.py``, the code the series
+"""The 03_ihomer lab's checks (``exercises.ipynb``): each exercise's function against ``ihomer/``, the code the series
 runs, on fresh random cases from a seed; the integration exercise runs the series' label clustering with the
 student's merge of small clusters patched in. ``course.check("03.2", fn)`` imports this file (with this folder on
 ``sys.path``)."""

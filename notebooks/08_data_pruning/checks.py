@@ -1,4 +1,4 @@
-"""The 08_data_pruning lab's checks (``exercises.ipynb``): each exercise's function against ``data_pruning.py``, the
+"""The 08_data_pruning lab's checks (``exercises.ipynb``): each exercise's function against ``data_pruning/``, the
 code the series runs, on fresh random cases from a seed; the integration exercise runs the series' pruned-perceptron
 simulation with the student's keep rule patched in and compares its claims table with the reference run's.
 ``course.check("08.2", fn)`` imports this file (with this folder on ``sys.path``)."""
@@ -172,7 +172,7 @@ def lab_claims(sims: dict[int, dict[str, np.ndarray]], theory: dict[str, np.ndar
           goal="pruning by a score: exactly max(1, round(f·n)) examples, the highest scores (hard) or the lowest "
                "(easy), ties by position; and that this one function in the series' perceptron simulation gives the "
                "same claims table",
-          hint="notebook 01, section 'The model' (keep hard / keep easy), and data_pruning.py's convention: a HIGH "
+          hint="notebook 01, section 'The model' (keep hard / keep easy), and data_pruning's convention: a HIGH "
                "score is a HARD example. Keep k = max(1, round(f·n)) per row (Python's round, half to even; not "
                "int()), the k highest scores for 'hard' and the k lowest for 'easy', equal scores taken in order of "
                "position (a stable sort), and return the kept indices of each row in increasing order")
