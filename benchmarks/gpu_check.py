@@ -147,16 +147,17 @@ def segmentation_step(build: Callable[[], nn.Module], size: int, lr: float = 3e-
     return make
 
 
-def bert_step(max_len: int):
-    """04: a VTrans pruning-phase step of BERT-base (random weights from ``BertConfig()``, masks on every
-    structure): masks and weights trained together on cross-entropy plus the masks' KL, AdamW."""
+def bert_step(max_len: int, **shape):
+    """04: a VTrans pruning-phase step of a BERT (BERT-base from ``BertConfig()``, or the sizes ``shape`` gives; random
+    weights; masks on every structure): masks and weights trained together on cross-entropy plus the masks' KL."""
 
     def make(device, batch, amp):
         from transformers import BertConfig, BertForSequenceClassification
 
         vtrans = series_module("04_vtrans", "vtrans")
         torch.manual_seed(0)
-        model = vtrans.bert.from_hf(BertForSequenceClassification(BertConfig(num_labels=2))).to(device).train()
+        hf = BertForSequenceClassification(BertConfig(num_labels=2, **shape))
+        model = vtrans.bert.from_hf(hf).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.0)
         ids = torch.randint(1000, 30000, (batch, max_len), device=device)
         mask = torch.ones_like(ids)
@@ -290,13 +291,18 @@ def series_03(quick: bool) -> tuple[list[Workload], list[Plan]]:
 def series_04(quick: bool) -> tuple[list[Workload], list[Plan]]:
     vt = series_module("04_vtrans", "vtrans").runs.SETUP["paper"]
     name = f"BERT-base, SST-2, length {vt['max_len']}"
-    loads = [Workload("04_vtrans", name, vt["prune_batch"], bert_step(vt["max_len"]))]
-    # the teacher once; each compression run its steps and finetune_steps; notebook 02: 3 targets x 3 seeds x
-    # (VTrans, CoFi's L0); notebook 03: Fast- and Faster-VTrans x 3 seeds; notebook 01: 16 seeds x 3,000 steps.
-    runs = 3 * 3 * 2 + 2 * 3
-    return loads, [Plan(name, vt["teacher_steps"] + runs * (vt["steps"] + vt["finetune_steps"]) + 16 * 3000,
-                        f"teacher {vt['teacher_steps']} + {runs} runs x ({vt['steps']} + {vt['finetune_steps']}) + "
-                        "notebook 01's 16 x 3,000 steps (its batch taken as the prune batch)")]
+    minilm = "MiniLM-L6 shape, length 64"  # notebook 01's model (6 layers, 384 wide, 12 heads), batch 32
+    loads = [Workload("04_vtrans", name, vt["prune_batch"], bert_step(vt["max_len"])),
+             Workload("04_vtrans", minilm, 32, bert_step(64, hidden_size=384, num_hidden_layers=6,
+                                                         intermediate_size=1536))]
+    # notebooks 02-04: the teacher once; each compression run steps + finetune_steps, and each one-shot baseline
+    # fine-tuned as long (matched steps); notebook 02: 3 targets x 3 seeds x (VTrans, CoFi's L0 and 3 baselines);
+    # notebook 03: Fast- and Faster-VTrans x 3 seeds (as long as VTrans: an upper bound). Notebook 01: MiniLM,
+    # 16 seeds x 3,000 steps.
+    runs, per_run = 3 * 3 * 5 + 2 * 3, vt["steps"] + vt["finetune_steps"]
+    return loads, [Plan(name, vt["teacher_steps"] + runs * per_run,
+                        f"teacher {vt['teacher_steps']} + {runs} runs x ({vt['steps']} + {vt['finetune_steps']})"),
+                   Plan(minilm, 16 * 3000, "notebook 01: 16 seeds x 3,000 steps")]
 
 
 def series_05(quick: bool) -> tuple[list[Workload], list[Plan]]:
@@ -316,14 +322,14 @@ def series_05(quick: bool) -> tuple[list[Workload], list[Plan]]:
                             channels_last=False)),
     ]
     # notebook 01: ViT and DependencyViT x 3 seeds x 300 epochs of CIFAR-100 (batch 256); notebooks 02-04 on 20,000
-    # part-shape images (batch 256, 30 epochs): DependencyViT and ViT, Lite, 4 ablations x 3 seeds, and the entity
-    # runs (60 epochs) x 3 seeds.
+    # part-shape images (batch 256, 30 epochs): 11 models x 3 seeds (DependencyViT, ViT, mean-pooled, the four Lite
+    # runs, 4 ablations; all timed as DependencyViT) and the entity runs (60 epochs) x 3 seeds.
     c100, shapes = math.ceil(CIFAR / 256), math.ceil(20_000 / 256)
     return loads, [
         Plan("DependencyViT, CIFAR-100", 3 * 300 * c100, f"3 seeds x 300 epochs x {c100} steps"),
         Plan("ViT, CIFAR-100", 3 * 300 * c100, f"3 seeds x 300 epochs x {c100} steps"),
-        Plan("DependencyViT, part shapes", (7 * 3 * 30 + 3 * 60) * shapes,
-             f"(7 models x 3 seeds x 30 epochs + 3 x 60) x {shapes} steps"),
+        Plan("DependencyViT, part shapes", (11 * 3 * 30 + 3 * 60) * shapes,
+             f"(11 models x 3 seeds x 30 epochs + 3 x 60) x {shapes} steps"),
     ]
 
 
@@ -351,16 +357,18 @@ def series_07(quick: bool) -> tuple[list[Workload], list[Plan]]:
             "VGG-19, CIFAR-10": lambda: models.vgg_cifar(19)}
     loads = [Workload("07_rethinking", name, 64, image_step(make, (3, 32, 32), 10, lr=0.1))
              for name, make in nets.items()]
-    # CIFAR-10, batch 64, 5 seeds; pruned models timed as their unpruned parents (an upper bound). Notebook 01:
-    # ResNet-56 and -110 (variants A and B) and VGG-16: each base 160 epochs, each pruned model fine-tuned 40,
-    # Scratch-E 160 and Scratch-B at most 320; notebooks 02-03 on VGG-19: the slimming base 160, then per pruned
-    # model (1 slimmed + 4 unstructured + 3 tickets) 40 + 160 + 160; notebook 04: VGG-16 guided and slimmed 2 x 160,
-    # VGG-19 transfer 2 x 160.
+    # CIFAR-10, batch 64, 5 seeds; pruned models timed as their unpruned parents (an upper bound); Scratch-B taken at
+    # its cap, twice the epochs. Notebook 01: ResNet-56 and -110 (variants A and B) and VGG-16, each base 160 epochs,
+    # each pruned model fine-tuned 40, Scratch-E 160, Scratch-B 320. VGG-19: notebook 02's slimming base 160, its
+    # fine-tuning 40, Scratch-E and -B of the slimmed and the uniform net 2 x (160 + 320); notebook 03's dense nets
+    # at two learning rates 2 x 160, 4 sparsities x (40 + 160 + 320), tickets 3 sparsities x 2 rates x 2 inits x
+    # 160; notebook 04's transfer 2 x 160. VGG-16 in notebook 04: a slimming base 160 and 2 nets from scratch x 160.
     ep, pruned = math.ceil(CIFAR / 64), 40 + 160 + 320
+    vgg19 = (160 + 40 + 2 * 480) + (2 * 160 + 4 * pruned + 12 * 160) + 2 * 160
     epochs = {"ResNet-56, CIFAR-10": (160 + 2 * pruned, f"160 + 2 x {pruned}"),
               "ResNet-110, CIFAR-10": (160 + 2 * pruned, f"160 + 2 x {pruned}"),
-              "VGG-16, CIFAR-10": (160 + pruned + 2 * 160, f"160 + {pruned} + 2 x 160"),
-              "VGG-19, CIFAR-10": (160 + 8 * 360 + 2 * 160, "160 + 8 x 360 + 2 x 160")}
+              "VGG-16, CIFAR-10": (160 + pruned + 3 * 160, f"160 + {pruned} + 3 x 160"),
+              "VGG-19, CIFAR-10": (vgg19, f"1,160 + 4,320 + 320 = {vgg19:,}")}
     return loads, [Plan(name, 5 * e * ep, f"5 seeds x ({text}) epochs x {ep} steps")
                    for name, (e, text) in epochs.items()]
 
