@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from prunebook import cache, data, models, prune, train
+from prunebook import cache, config, data, models, prune, train
 from prunebook.train import Callback, TrainState
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -333,8 +333,13 @@ SETTINGS = {
 def plan(settings: dict, model: str, *, arm: str = "X", method: str = "lth", seed: int = 0) -> dict:
     """The ``run`` for :func:`imp_run`: one model's settings (a profile's entry of :data:`SETTINGS`), an arm, a
     base method and a seed."""
-    return {**{k: v for k, v in settings[model].items() if k != "seeds"}, "model": model, "arm": arm,
-            "method": method, "seed": seed}
+    run = {**{k: v for k, v in settings[model].items() if k != "seeds"}, "model": model, "arm": arm,
+           "method": method, "seed": seed}
+    if config.dry_run_requested():  # a dry run: two training steps, one evaluation batch, the paper's shapes
+        batch = run["batch_size"]
+        run.update(n_train=config.dry_steps(run["n_train"], 2 * batch), n_test=config.dry_steps(run["n_test"], batch),
+                   epochs=config.dry_steps(run["epochs"], 1), dnr_images=config.dry_steps(run["dnr_images"], batch))
+    return run
 
 
 def build(name: str, in_channels: int = 1) -> nn.Module:
