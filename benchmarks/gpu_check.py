@@ -462,14 +462,22 @@ def time_workload(w: Workload, device: torch.device, batch: int, rounds: int, re
     dev = torch.device("cpu") if w.series == "03_ihomer" else device
     row = {"series": w.series, "model": w.name, "batch": batch, "paper_batch": w.batch, "unit": w.unit,
            "device": dev.type, "note": w.note}
-    try:
-        calls = {"fp32": w.make(dev, batch, False)}
-        if w.amp_applies:
-            calls["bf16"] = w.make(dev, batch, True)
+    def timed(modes):
+        calls = {mode: w.make(dev, batch, mode == "bf16") for mode in modes}
         # latency_rounds times forward passes under no_grad; a training step needs gradients back on
         calls = {k: (lambda call=call: _with_grad(call)) for k, call in calls.items()}
-        times = prune.latency_rounds(calls, rounds=rounds, repeats=repeats, warmup=warmup)
-    except Exception as e:  # a failure is a result to report, not a reason to stop the check
+        return prune.latency_rounds(calls, rounds=rounds, repeats=repeats, warmup=warmup)
+
+    try:  # a failure is a result to report, not a reason to stop the check
+        try:
+            times = timed(("fp32", "bf16") if w.amp_applies else ("fp32",))
+        except Exception as e:
+            if not w.amp_applies:
+                raise
+            row["bf16_error"] = f"{type(e).__name__}: {e}"[:300]  # then fp32 alone, if it runs
+            print(f"  {w.series} {w.name}: with bf16, {row['bf16_error']}")
+            times = timed(("fp32",))
+    except Exception as e:
         row["error"] = f"{type(e).__name__}: {e}"[:300]
         print(f"  {w.series} {w.name}: {row['error']}")
         return row
@@ -603,10 +611,12 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['series']} | {r['model']} | {r['batch']} | error: {r['error'][:80]} | | |")
             continue
         unit = "" if r["unit"] == "step" else f" per {r['unit']}"
-        bf = (f"{r['bf16_s'] * 1e3:.3f} | {r['bf16_over_fp32']:.2f}" if "bf16_s" in r else "n/a | n/a")
+        bf = (f"{r['bf16_s'] * 1e3:.3f} | {r['bf16_over_fp32']:.2f}" if "bf16_s" in r
+              else f"error: {r['bf16_error'][:60]} | " if "bf16_error" in r else "n/a | n/a")
         lines.append(f"| {r['series']} | {r['model']}{unit} | {r['batch']} | {r['fp32_s'] * 1e3:.3f} | {bf} |")
     t = report["loop"]
-    lines += ["", f"`prunebook.train.fit` against a DataLoader loop ({t['model']}, {t['images']} random images, batch "
+    lines += ["", f"`prunebook.train.fit` against a DataLoader loop: {t['error']}." if "error" in t else
+              f"`prunebook.train.fit` against a DataLoader loop ({t['model']}, {t['images']} random images, batch "
               f"{t['batch']}, {t['workers']} workers, {t['rounds']} rounds): {t['fit_images_per_s']:.0f} against "
               f"{t['dataloader_images_per_s']:.0f} images/s, **{t['ratio']:.2f}x** (median of per-round ratios).", "",
               "## 3. Projected wall time of each series' `paper` profile", "",
@@ -670,8 +680,12 @@ def main(argv=None) -> dict:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    loop = loop_throughput(device, n_images=128 if args.quick else 12_800, batch=64, rounds=rounds,
-                           workers=0 if args.quick else min(8, os.cpu_count() or 1))
+    try:
+        loop = loop_throughput(device, n_images=128 if args.quick else 12_800, batch=64, rounds=rounds,
+                               workers=0 if args.quick else min(8, os.cpu_count() or 1))
+    except Exception as e:  # reported, like a step that fails
+        loop = {"error": f"{type(e).__name__}: {e}"[:300]}
+        print(f"  fit against DataLoader: {loop['error']}")
 
     print("3. projection")
     proj = projections(rows, planned, series)
