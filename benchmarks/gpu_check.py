@@ -11,8 +11,8 @@ versions and every number below.
 1. **Dry run on the device.** ``prunebook run <series> --profile paper --dry-run -p device=<device>`` for every
    series, all side by side, each stopped (its kernels too) at its time limit or when the step's budget (300 s by
    default) is spent; the exit status, wall time and last output lines of each. When the installed ``prunebook``
-   has no ``--dry-run``, the step says "dry run not available" and goes on. (On this 2-core machine, loaded, the
-   dry run of 01_ap alone took more than 400 s: on a GPU machine a series that times out says so in the report.)
+   has no ``--dry-run``, the step says "dry run not available" and goes on. (On a busy 2-core CPU the dry run of
+   01_ap alone took more than 400 s; a series that runs out of time on the GPU machine says so in the report.)
 2. **Step times.** One training step (forward, backward, optimizer step on a batch of random inputs of the
    paper's shape) of each series' ``paper`` models at the paper's batch size, in float32 and in bfloat16 autocast,
    timed side by side in paired, alternating rounds (the approach of ``prunebook.prune.latency_rounds``, which
@@ -695,8 +695,11 @@ def main(argv=None) -> dict:
                 "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
                 **{name: sys.modules[name].__version__ for name in ("torchvision", "transformers", "river")
                    if name in sys.modules}}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    versions["commit"] = commit.stdout.strip() or None
+    try:  # a copy of the tree without git (or without its history) has no commit to name
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+        versions["commit"] = commit.stdout.strip() or None
+    except OSError:
+        versions["commit"] = None
     report = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "device": device_info(device), "versions": versions, "series": series,
               "settings": {"rounds": rounds, "repeats": repeats, "warmup": warmup},
