@@ -1,58 +1,13 @@
-"""The 02_grokking course lab: its checks against grokking.py, its stubs, the wrong answers each check rejects, and
-the predictions of its "predict, then run" experiment."""
+"""The 02_grokking course lab: its checks against grokking.py, its stubs, its handout, the wrong answers each check
+rejects, and the predictions of its "predict, then run" experiment."""
 
-import re
-
-import nbformat
-import pytest
+import labs
 import torch
-from prunebook import course
-from test_course import ROOT, namespace
-from test_course import test_each_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it as marked_for_nbgrader
 
-LAB_02 = ROOT / "notebooks" / "02_grokking" / "exercises.ipynb"
-IDS_02 = ["02.1", "02.2", "02.3", "02.4"]
-PREAMBLE_02 = "import torch\nimport grokking as gk\nfrom prunebook import course\n"
-
-
-def lab_02():
-    return nbformat.read(str(LAB_02), as_version=4)
-
-
-@pytest.fixture(scope="module")
-def solved_02():
-    course.lab_checks("02")  # puts the lab folder (grokking.py) on sys.path for the preamble
-    return namespace(lab_02(), PREAMBLE_02)
-
-
-def test_the_02_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it():
-    marked_for_nbgrader(LAB_02, IDS_02, "02_grokking")
-
-
-@pytest.mark.parametrize("ex_id, seeds", [("02.1", [0, 7, 12345]), ("02.2", [0, 7, 12345]), ("02.3", [0]),
-                                          ("02.4", [0])])
-def test_every_02_solution_passes_its_check(solved_02, ex_id, seeds, capsys):
-    for seed in seeds:
-        course.check(ex_id, solved_02[course.lookup(ex_id).name], seed=seed)
-        assert f"{ex_id} passed" in capsys.readouterr().out
-
-
-def test_every_02_stub_fails_with_not_implemented():
-    course.lab_checks("02")
-    ns: dict = {}
-    exec(PREAMBLE_02, ns)
-    cells = course.exercise_cells(course.student_copy(lab_02()))
-    assert [i for i, c in cells.items() if c.cell_type == "code"] == IDS_02
-    for ex_id, cell in cells.items():
-        if cell.cell_type != "code":
-            continue
-        if course.lookup(ex_id).name == "predictions":  # a value: the stub raises where the value is made
-            with pytest.raises(NotImplementedError):
-                exec(cell.source, ns)
-            continue
-        exec(cell.source, ns)
-        with pytest.raises(NotImplementedError):
-            course.check(ex_id, ns[course.lookup(ex_id).name])
+LAB = labs.Lab("02_grokking", ids=["02.1", "02.2", "02.3", "02.4"], written_ids=["02.q1"],
+               preamble="import torch\nimport grokking as gk\nfrom prunebook import course\n",
+               seeds={"02.1": [0, 7, 12345], "02.2": [0, 7, 12345], "02.3": [0], "02.4": [0]},
+               experiment="grokking_experiment")
 
 
 # Wrong implementations a student plausibly writes: each check must reject them.
@@ -134,12 +89,5 @@ WRONG_02 = {
 }
 
 
-@pytest.mark.parametrize("ex_id, mistake", [(e, m) for e, ms in WRONG_02.items() for m in ms])
-def test_each_02_check_rejects_plausible_wrong_answers(ex_id, mistake):
-    with pytest.raises(AssertionError, match=re.escape(ex_id)):
-        course.check(ex_id, WRONG_02[ex_id][mistake], quiet=True)
-
-
-def test_the_02_experiment_is_what_the_lab_predicts():
-    assert course.lab_checks("02").grokking_experiment() == PREDICTED_02
-    course.check("02.4", dict(PREDICTED_02), quiet=True)
+class TestLab(labs.LabTests):
+    lab, wrong, predicted = LAB, WRONG_02, PREDICTED_02

@@ -1,88 +1,16 @@
-"""The 03_ihomer course lab: its solutions pass, its stubs raise, its checks reject plausible wrong answers, and it is
-marked for nbgrader with its checks beside it (checked against ``ihomer.py``)."""
+"""The 03_ihomer course lab: its solutions pass, its stubs raise, its handout is clean, its checks reject plausible
+wrong answers, and it is marked for nbgrader with its checks beside it (checked against ``ihomer.py``)."""
 
 import math
-import re
-from pathlib import Path
 
-import nbformat
+import labs
 import numpy as np
-import pytest
 from prunebook import course
-from test_course import namespace  # the names a lab's exercise cells define, run in order
 
-ROOT = Path(__file__).resolve().parents[1]
-LAB_03 = ROOT / "notebooks" / "03_ihomer" / "exercises.ipynb"
-IDS_03 = ["03.1", "03.2", "03.3", "03.4", "03.5"]
-PREAMBLE_03 = "import math\nimport numpy as np\nimport ihomer\nfrom prunebook import course\n"
-
-
-def lab_03():
-    return nbformat.read(str(LAB_03), as_version=4)
-
-
-@pytest.fixture(scope="module")
-def solved_03():
-    course.lab_checks("03")  # puts the lab folder (ihomer.py) on sys.path
-    return namespace(lab_03(), PREAMBLE_03)
-
-
-def test_the_03_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it():
-    nb = lab_03()
-    cells = course.exercise_cells(nb)
-    assert [i for i, c in cells.items() if c.cell_type == "code"] == IDS_03
-    assert [i for i, c in cells.items() if c.cell_type == "markdown"] == ["03.q1"]
-    assert nb.metadata["prunebook"]["lab"] == "03_ihomer"
-    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
-    for ex_id in IDS_03:
-        assert course.BEGIN in cells[ex_id].source and course.END in cells[ex_id].source, ex_id
-        assert course.defines(cells[ex_id].source, course.lookup(ex_id).name)
-        assert any(f'course.check("{ex_id}"' in c.source for c in nb.cells), f"no check cell for {ex_id}"
-    checks = course.lab_checks("03")
-    assert Path(checks.__file__) == LAB_03.parent / "checks.py"
-    assert all(course.lookup(i).run.__module__ == checks.__name__ for i in IDS_03)
-    assert "TIME_" not in "".join(c.source for c in nb.cells)  # every exercise states its measured time
-    assert any("instructor" in c.metadata.get("tags", []) for c in nb.cells)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "course.record_lab(" in code[-1].source  # the last code cell records the run
-
-
-@pytest.mark.parametrize("ex_id, seeds", [("03.1", [0, 7, 12345]), ("03.2", [0, 7, 12345]),
-                                          ("03.3", [0, 7, 12345]), ("03.4", [3]), ("03.5", [0])])
-def test_every_03_solution_passes_its_check(solved_03, ex_id, seeds, capsys):
-    for seed in seeds:
-        course.check(ex_id, solved_03[course.lookup(ex_id).name], seed=seed)
-        assert f"{ex_id} passed" in capsys.readouterr().out
-
-
-def test_every_03_stub_fails_with_not_implemented():
-    course.lab_checks("03")
-    ns: dict = {}
-    exec(PREAMBLE_03, ns)
-    for ex_id, cell in course.exercise_cells(course.student_copy(lab_03())).items():
-        if cell.cell_type != "code":
-            continue
-        if course.lookup(ex_id).name == "predictions":  # a value: the stub raises where the value is made
-            with pytest.raises(NotImplementedError):
-                exec(cell.source, ns)
-            continue
-        exec(cell.source, ns)
-        with pytest.raises(NotImplementedError):
-            course.check(ex_id, ns[course.lookup(ex_id).name])
-
-
-def test_the_03_handout_has_no_solutions_and_no_instructor_cells():
-    nb = lab_03()
-    handout = course.student_copy(nb)
-    text = "\n".join(c.source for c in handout.cells)
-    assert course.BEGIN not in text and course.END not in text
-    assert "Model answer" not in text and "Instructor notes" not in text
-    assert not any("instructor" in c.metadata.get("tags", []) for c in handout.cells)
-    for cell in handout.cells:
-        if cell.cell_type == "code" and (cell.metadata.get("nbgrader", {}).get("solution")
-                                         or "reveal" in cell.metadata.get("tags", [])):
-            assert cell.outputs == [], cell.source
-    assert course.exercise_cells(handout)["03.q1"].source == course.TEXT_STUB
+LAB = labs.Lab("03_ihomer", ids=["03.1", "03.2", "03.3", "03.4", "03.5"], written_ids=["03.q1"],
+               preamble="import math\nimport numpy as np\nimport ihomer\nfrom prunebook import course\n",
+               seeds={"03.1": [0, 7, 12345], "03.2": [0, 7, 12345], "03.3": [0, 7, 12345], "03.4": [3], "03.5": [0]},
+               experiment="ihomer_experiment")
 
 
 # ---------------------------------------------------------------- plausible wrong answers
@@ -193,21 +121,14 @@ WRONG_03 = {
 }
 
 
-@pytest.mark.parametrize("ex_id, mistake", [(e, m) for e, ms in WRONG_03.items() for m in ms])
-def test_each_03_check_rejects_plausible_wrong_answers(ex_id, mistake):
-    with pytest.raises(AssertionError, match=re.escape(ex_id)):
-        course.check(ex_id, WRONG_03[ex_id][mistake], quiet=True)
+class TestLab(labs.LabTests):
+    lab, wrong, predicted = LAB, WRONG_03, PREDICTED_03
 
 
 def test_the_03_right_answers_built_here_pass():
     """The wrong answers' builders, set right, pass: each test above fails for its one mistake."""
     for ex_id, right in (("03.1", _jaccard()), ("03.2", _split()), ("03.3", _scores())):
         course.check(ex_id, right, quiet=True)
-
-
-def test_the_03_experiment_is_what_the_lab_predicts():
-    assert course.lab_checks("03").ihomer_experiment() == PREDICTED_03
-    course.check("03.5", dict(PREDICTED_03), quiet=True)
 
 
 def test_the_03_integration_runs_the_patched_merge():

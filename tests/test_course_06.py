@@ -1,63 +1,17 @@
 """The 06_unetpp course lab: its solutions pass their checks against unetpp.py, its stubs raise NotImplementedError,
-each check rejects plausible wrong answers, and the "predict, then run" answers match the run."""
+its handout is clean, each check rejects plausible wrong answers, and the "predict, then run" answers match the run."""
 
-import re
-from pathlib import Path
-
-import nbformat
+import labs
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from prunebook import course
-from test_course import namespace
-from test_course import test_each_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it as _marked_for_nbgrader
 
-ROOT = Path(__file__).resolve().parents[1]
-LAB_06 = ROOT / "notebooks" / "06_unetpp" / "exercises.ipynb"
-IDS_06 = ["06.1", "06.2", "06.3", "06.4", "06.5"]
-PREAMBLE_06 = (
-    "import numpy as np\nimport torch\nimport torch.nn.functional as F\nimport unetpp\nfrom prunebook import course\n"
-)
-
-
-def lab_06():
-    return nbformat.read(str(LAB_06), as_version=4)
-
-
-@pytest.fixture(scope="module")
-def solved_06():
-    course.lab_checks("06")  # puts the lab folder (unetpp.py) on sys.path
-    return namespace(lab_06(), PREAMBLE_06)
-
-
-def test_the_06_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it():
-    _marked_for_nbgrader(LAB_06, IDS_06, "06_unetpp")
-    sources = [c.source for c in lab_06().cells if c.cell_type == "code"]
-    assert "course.record_lab(" in sources[-1]  # the last code cell records the run
-
-
-@pytest.mark.parametrize("ex_id, seeds", [("06.1", [0, 7, 12345]), ("06.2", [0, 7]), ("06.3", [0, 7]), ("06.4", [0]),
-                                          ("06.5", [0])])
-def test_every_06_solution_passes_its_check(solved_06, ex_id, seeds, capsys):
-    for seed in seeds:
-        course.check(ex_id, solved_06[course.lookup(ex_id).name], seed=seed)
-        assert f"{ex_id} passed" in capsys.readouterr().out
-
-
-def test_every_06_stub_fails_with_not_implemented(solved_06):
-    ns: dict = {}
-    exec(PREAMBLE_06, ns)
-    for ex_id, cell in course.exercise_cells(course.student_copy(lab_06())).items():
-        if cell.cell_type != "code":
-            continue
-        if course.lookup(ex_id).name == "predictions":  # a value: the stub raises where the value is made
-            with pytest.raises(NotImplementedError):
-                exec(cell.source, ns)
-            continue
-        exec(cell.source, ns)
-        with pytest.raises(NotImplementedError):
-            course.check(ex_id, ns[course.lookup(ex_id).name])
+LAB = labs.Lab("06_unetpp", ids=["06.1", "06.2", "06.3", "06.4", "06.5"], written_ids=["06.q1"],
+               preamble=("import numpy as np\nimport torch\nimport torch.nn.functional as F\nimport unetpp\n"
+                         "from prunebook import course\n"),
+               seeds={"06.1": [0, 7, 12345], "06.2": [0, 7], "06.3": [0, 7], "06.4": [0], "06.5": [0]},
+               experiment="unetpp_experiment")
 
 
 # ---------------------------------------------------------------- plausible wrong answers
@@ -159,13 +113,5 @@ WRONG_06 = {
 }
 
 
-@pytest.mark.parametrize("ex_id, mistake", [(e, m) for e, ms in WRONG_06.items() for m in ms])
-def test_each_06_check_rejects_plausible_wrong_answers(solved_06, ex_id, mistake):
-    with pytest.raises(AssertionError, match=re.escape(ex_id)):
-        course.check(ex_id, WRONG_06[ex_id][mistake], quiet=True)
-
-
-def test_the_06_experiment_is_what_the_lab_predicts(solved_06):
-    assert course.lab_checks("06").unetpp_experiment() == PREDICTED_06
-    assert solved_06["predictions"] == PREDICTED_06
-    course.check("06.5", dict(PREDICTED_06), quiet=True)
+class TestLab(labs.LabTests):
+    lab, wrong, predicted = LAB, WRONG_06, PREDICTED_06

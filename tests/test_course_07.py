@@ -1,67 +1,19 @@
 """The 07_rethinking course lab: its solutions pass their checks against rethinking.py, its stubs raise
-NotImplementedError, each check rejects plausible wrong answers, and the "predict, then run" answers match."""
+NotImplementedError, its handout is clean, each check rejects plausible wrong answers, and the "predict, then run"
+answers match."""
 
 import copy
 import math
-import re
-from pathlib import Path
 
-import nbformat
-import pytest
+import labs
 import torch
-from prunebook import course, prune
-from test_course import namespace
-from test_course import test_each_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it as marked_for_nbgrader
+from prunebook import prune
 
-ROOT = Path(__file__).resolve().parents[1]
-LAB_07 = ROOT / "notebooks" / "07_rethinking" / "exercises.ipynb"
-IDS_07 = ["07.1", "07.2", "07.3", "07.4", "07.5"]
-PREAMBLE_07 = ("import copy\nimport math\nimport torch\nfrom torch import nn\nimport rethinking as R\n"
-               "from prunebook import course, prune\n")
-
-
-def lab_07():
-    return nbformat.read(str(LAB_07), as_version=4)
-
-
-@pytest.fixture(scope="module")
-def solved_07():
-    course.lab_checks("07")  # puts the lab folder (rethinking.py) on sys.path
-    return namespace(lab_07(), PREAMBLE_07)
-
-
-def test_the_07_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it():
-    marked_for_nbgrader(LAB_07, IDS_07, "07_rethinking")
-
-
-def test_the_07_lab_records_its_run():
-    cells = [c for c in lab_07().cells if c.cell_type == "code"]
-    assert "course.record_lab(" in cells[-1].source
-    assert "'07.4'" in cells[-1].source or '"07.4"' in cells[-1].source
-
-
-@pytest.mark.parametrize("ex_id, seeds", [("07.1", [0, 7, 12345]), ("07.2", [0, 7, 12345]),
-                                          ("07.3", [0, 7, 12345]), ("07.4", [0]), ("07.5", [0])])
-def test_every_07_solution_passes_its_check(solved_07, ex_id, seeds, capsys):
-    for seed in seeds:
-        course.check(ex_id, solved_07[course.lookup(ex_id).name], seed=seed)
-        assert f"{ex_id} passed" in capsys.readouterr().out
-
-
-def test_every_07_stub_fails_with_not_implemented():
-    course.lab_checks("07")
-    ns: dict = {}
-    exec(PREAMBLE_07, ns)
-    for ex_id, cell in course.exercise_cells(course.student_copy(lab_07())).items():
-        if cell.cell_type != "code":
-            continue
-        if course.lookup(ex_id).name == "predictions":  # a value: the stub raises where the value is made
-            with pytest.raises(NotImplementedError):
-                exec(cell.source, ns)
-            continue
-        exec(cell.source, ns)
-        with pytest.raises(NotImplementedError):
-            course.check(ex_id, ns[course.lookup(ex_id).name])
+LAB = labs.Lab("07_rethinking", ids=["07.1", "07.2", "07.3", "07.4", "07.5"], written_ids=["07.q1"],
+               preamble=("import copy\nimport math\nimport torch\nfrom torch import nn\nimport rethinking as R\n"
+                         "from prunebook import course, prune\n"),
+               seeds={"07.1": [0, 7, 12345], "07.2": [0, 7, 12345], "07.3": [0, 7, 12345], "07.4": [0], "07.5": [0]},
+               experiment="rethinking_experiment")
 
 
 # Wrong implementations a student plausibly writes: each check must reject them.
@@ -160,12 +112,11 @@ WRONG_07 = {
 }
 
 
-@pytest.mark.parametrize("ex_id, mistake", [(e, m) for e, ms in WRONG_07.items() for m in ms])
-def test_each_07_check_rejects_plausible_wrong_answers(solved_07, ex_id, mistake):
-    with pytest.raises(AssertionError, match=re.escape(ex_id)):
-        course.check(ex_id, WRONG_07[ex_id][mistake], quiet=True)
+class TestLab(labs.LabTests):
+    lab, wrong, predicted = LAB, WRONG_07, PREDICTED_07
 
 
-def test_the_07_experiment_is_what_the_lab_predicts():
-    assert course.lab_checks("07").rethinking_experiment() == PREDICTED_07
-    course.check("07.5", dict(PREDICTED_07), quiet=True)
+def test_the_07_lab_records_its_run():
+    cells = [c for c in labs.lab_notebook(LAB.series).cells if c.cell_type == "code"]
+    assert "course.record_lab(" in cells[-1].source
+    assert "'07.4'" in cells[-1].source or '"07.4"' in cells[-1].source

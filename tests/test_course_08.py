@@ -1,33 +1,19 @@
-"""The 08_data_pruning course lab: its solutions pass their checks, its stubs do not, each check rejects plausible wrong
-answers, and the lab is marked for nbgrader with its checks beside it."""
+"""The 08_data_pruning course lab: its solutions pass their checks, its stubs do not, its handout is clean, each check
+rejects plausible wrong answers, and the lab is marked for nbgrader with its checks beside it."""
 
-import re
-from pathlib import Path
-
-import nbformat
+import labs
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from prunebook import course
-from test_course import namespace  # the names a lab's exercise cells define, run in order
-from test_course import test_each_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it as marked_for_nbgrader
 
-ROOT = Path(__file__).resolve().parents[1]
-LAB = ROOT / "notebooks" / "08_data_pruning" / "exercises.ipynb"
-IDS = ["08.1", "08.2", "08.3", "08.4", "08.5"]
-PREAMBLE = ("import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n"
-            "import data_pruning as dp\nfrom scipy import optimize, special\nfrom prunebook import course\n")
-
-
-def lab() -> nbformat.NotebookNode:
-    return nbformat.read(str(LAB), as_version=4)
-
-
-@pytest.fixture(scope="module")
-def solved():
-    course.lab_checks("08")  # puts the lab's folder (data_pruning) on sys.path, as the notebook has it
-    return namespace(lab(), PREAMBLE)
+LAB = labs.Lab("08_data_pruning", ids=["08.1", "08.2", "08.3", "08.4", "08.5"], written_ids=["08.q1"],
+               preamble=("import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n"
+                         "import data_pruning as dp\nfrom scipy import optimize, special\n"
+                         "from prunebook import course\n"),
+               seeds={"08.1": [0, 7, 12345], "08.2": [0], "08.3": [0, 7], "08.4": [0, 7], "08.5": [0]},
+               experiment="pruning_experiment")
 
 
 @pytest.fixture(scope="module")
@@ -36,40 +22,6 @@ def dp():
     import data_pruning
 
     return data_pruning
-
-
-def test_the_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it():
-    marked_for_nbgrader(LAB, IDS, "08_data_pruning")  # exercise cells, markers, the parameters cell, checks.py
-    nb = lab()
-    assert sum("instructor" in c.metadata.get("tags", []) for c in nb.cells) >= 2  # the model answer, the notes
-    last = [c for c in nb.cells if c.cell_type == "code"][-1]
-    assert "course.record_lab(" in last.source and "ok_sim" in last.source and "ok_predictions" in last.source
-
-
-@pytest.mark.parametrize("ex_id, seeds", [("08.1", [0, 7, 12345]), ("08.2", [0]), ("08.3", [0, 7]),
-                                          ("08.4", [0, 7]), ("08.5", [0])])
-def test_every_solution_passes_its_check(solved, ex_id, seeds, capsys):
-    for seed in seeds:
-        course.check(ex_id, solved[course.lookup(ex_id).name], seed=seed)
-        assert f"{ex_id} passed" in capsys.readouterr().out
-
-
-def test_every_stub_fails_with_not_implemented():
-    course.lab_checks("08")
-    ns: dict = {}
-    exec(PREAMBLE, ns)
-    stubs = course.exercise_cells(course.student_copy(lab()))
-    assert sorted(i for i, c in stubs.items() if c.cell_type == "code") == IDS
-    for ex_id, cell in stubs.items():
-        if cell.cell_type != "code":
-            continue
-        if course.lookup(ex_id).name == "predictions":  # a value: the stub raises where the value is made
-            with pytest.raises(NotImplementedError):
-                exec(cell.source, ns)
-            continue
-        exec(cell.source, ns)
-        with pytest.raises(NotImplementedError):
-            course.check(ex_id, ns[course.lookup(ex_id).name], quiet=True)
 
 
 # ---------------------------------------------------------------- plausible wrong answers
@@ -102,12 +54,12 @@ def _keep(count=round, swap=False, ties="stable", order="position", at_least_one
 
 def _theory(old: str = "", new: str = "", wrap=None):
     """The lab's own solution of 08.3 with one line of its source changed (``old`` → ``new``), or wrapped."""
-    source = course.exercise_cells(lab())["08.3"].source
+    source = course.exercise_cells(labs.lab_notebook(LAB.series))["08.3"].source
     assert old in source, f"the solution no longer contains {old!r}"
 
     def theory_error(alpha_prune, frac, keep):
         ns: dict = {}
-        exec(PREAMBLE, ns)
+        exec(LAB.preamble, ns)
         exec(source.replace(old, new), ns)
         solution = ns["theory_error"]
         return wrap(solution, alpha_prune, frac, keep) if wrap else solution(alpha_prune, frac, keep)
@@ -155,26 +107,29 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize("ex_id, mistake", [(i, m) for i, ms in WRONG.items() for m in ms])
-def test_each_check_rejects_plausible_wrong_answers(dp, ex_id, mistake):
-    with pytest.raises(AssertionError, match=re.escape(ex_id)):
-        course.check(ex_id, WRONG[ex_id][mistake], quiet=True)
+class TestLab(labs.LabTests):
+    lab, wrong, predicted = LAB, WRONG, PREDICTED
 
+    def test_the_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it(self):
+        super().test_the_lab_is_marked_for_nbgrader_and_its_checks_live_beside_it()
+        nb = labs.lab_notebook(LAB.series)
+        assert sum("instructor" in c.metadata.get("tags", []) for c in nb.cells) >= 2  # the model answer, the notes
+        last = [c for c in nb.cells if c.cell_type == "code"][-1]
+        assert "course.record_lab(" in last.source and "ok_sim" in last.source and "ok_predictions" in last.source
 
-def test_the_experiment_is_what_the_lab_predicts(dp):
-    checks = course.lab_checks("08")
-    measured = checks.pruning_experiment()
-    assert measured == PREDICTED
-    assert checks.predictions_match(PREDICTED, measured)
-    assert not checks.predictions_match(WRONG["08.5"]["round half up"], measured)
+    def test_the_experiment_is_what_the_lab_predicts(self, solved):
+        checks = course.lab_checks("08")
+        measured = self.measured()
+        labs.assert_predicted("08.5", PREDICTED, measured, solved)
+        assert checks.predictions_match(PREDICTED, measured)
+        assert not checks.predictions_match(WRONG["08.5"]["round half up"], measured)
 
-
-def test_the_integration_uses_the_students_rule_and_restores_the_series(dp, solved):
-    checks = course.lab_checks("08")
-    original = dp.sample_pruned_perceptron.__globals__["keep_indices"]
-    run, seeds = {**checks.LAB_RUN, "dim": 12, "trials": 2}, [0]
-    reference = checks.lab_sims(None, run, seeds)
-    swapped = checks.lab_sims(_keep(swap=True), run, seeds)  # "hard" keeps the easy: another simulation
-    assert not np.array_equal(swapped[0]["error"], reference[0]["error"])
-    assert dp.sample_pruned_perceptron.__globals__["keep_indices"] is original
-    assert np.array_equal(checks.lab_sims(solved["keep_fraction"], run, seeds)[0]["error"], reference[0]["error"])
+    def test_the_integration_uses_the_students_rule_and_restores_the_series(self, dp, solved):
+        checks = course.lab_checks("08")
+        original = dp.sample_pruned_perceptron.__globals__["keep_indices"]
+        run, seeds = {**checks.LAB_RUN, "dim": 12, "trials": 2}, [0]
+        reference = checks.lab_sims(None, run, seeds)
+        swapped = checks.lab_sims(_keep(swap=True), run, seeds)  # "hard" keeps the easy: another simulation
+        assert not np.array_equal(swapped[0]["error"], reference[0]["error"])
+        assert dp.sample_pruned_perceptron.__globals__["keep_indices"] is original
+        assert np.array_equal(checks.lab_sims(solved["keep_fraction"], run, seeds)[0]["error"], reference[0]["error"])
