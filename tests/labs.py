@@ -62,7 +62,7 @@ def _tagged(cell, tag: str) -> bool:
 def _decided_in(ex: course.Exercise) -> str:
     """The module whose code decides exercise ``ex``: its check's; for a "predict, then run" exercise, whose check
     is course.predictions_exercise's wrapper, the module of the experiment the wrapper runs."""
-    return getattr(inspect.getclosurevars(ex.run).nonlocals.get("experiment"), "__module__", ex.run.__module__)
+    return inspect.unwrap(ex.run).__module__
 
 
 def assert_marked_for_nbgrader(series: str, ids: list[str], written_ids: list[str]) -> None:

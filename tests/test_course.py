@@ -244,3 +244,17 @@ def test_grade_stops_a_submission_past_its_time_limit(tmp_path, capsys):
 def test_grade_needs_a_seed():
     with pytest.raises(SystemExit):
         cli.main(["course", "grade", "x.ipynb"])
+
+
+def test_a_predictions_exercise_registered_from_two_labs_is_refused(tmp_path):
+    def experiment():
+        return {}
+
+    course.predictions_exercise("99.1", experiment, goal="g", explained="e")
+    try:
+        namespace = {}
+        exec(compile("def experiment():\n    return {}\n", str(tmp_path / "checks.py"), "exec"), namespace)
+        with pytest.raises(ValueError, match="registered twice"):
+            course.predictions_exercise("99.1", namespace["experiment"], goal="g", explained="e")
+    finally:
+        course.REGISTRY.pop("99.1", None)

@@ -32,6 +32,7 @@ import ast
 import copy
 import csv
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -112,12 +113,16 @@ def predictions_exercise(id: str, experiment: Callable[[], dict[str, Any]], *, g
     """Register a "predict, then run" exercise ``id``: the student's dict ``predictions`` against what
     ``experiment()`` measures (:func:`compare_predictions`). ``explained`` ends the hint: the notebook sections that
     explain each number."""
-    exercise(id, "predictions", points=points, uses_seed=False, goal=goal, hint=PREDICT + explained)(
-        lambda student, generator: compare_predictions(student, experiment()))
+    def check(student: Any, generator: Any) -> str:
+        return compare_predictions(student, experiment())
+
+    check.__wrapped__ = experiment  # the check belongs to the experiment's lab (see _source_file)
+    exercise(id, "predictions", points=points, uses_seed=False, goal=goal, hint=PREDICT + explained)(check)
 
 
 def _source_file(fn: Callable) -> str:
-    return str(Path(fn.__code__.co_filename).resolve())
+    """The file a check comes from (a predictions check: its experiment's, in the lab's ``checks.py``)."""
+    return str(Path(inspect.unwrap(fn).__code__.co_filename).resolve())
 
 
 def lab_folder(number: str, root: Path | None = None) -> Path:
