@@ -248,13 +248,22 @@ def test_grade_needs_a_seed():
 
 def test_a_predictions_exercise_registered_from_two_labs_is_refused(tmp_path):
     def experiment():
+        """What the run measures.
+
+        Goal: a goal
+
+        Hint: notebook 1 explains
+        it
+        """
         return {}
 
-    course.predictions_exercise("99.1", experiment, goal="g", explained="e")
+    course.predictions_exercise("99.1", experiment)
     try:
+        ex = course.lookup("99.1")
+        assert (ex.goal, ex.hint) == ("a goal", course.PREDICT + "notebook 1 explains it")
         namespace = {}
         exec(compile("def experiment():\n    return {}\n", str(tmp_path / "checks.py"), "exec"), namespace)
         with pytest.raises(ValueError, match="registered twice"):
-            course.predictions_exercise("99.1", namespace["experiment"], goal="g", explained="e")
+            course.predictions_exercise("99.1", namespace["experiment"])
     finally:
         course.REGISTRY.pop("99.1", None)

@@ -20,11 +20,13 @@ def _weights(g, shape: tuple[int, ...], tied: bool):
     return (w * 2).round() / 4 if tied else w
 
 
-@exercise("00.1", "magnitude_mask", points=2, goal="fine-grained magnitude pruning of one tensor, exact sparsity",
-          hint="equation (1) of the lab: k = round(s·n) entries with the smallest |w| get m = 0, exactly k of them "
-               "even when several |w| tie at the threshold (topk on |w| picks exactly k; a comparison with the "
-               "k-th value does not)")
+@exercise("00.1", "magnitude_mask", points=2)
 def _check_magnitude_mask(student, g) -> int:
+    """Goal: fine-grained magnitude pruning of one tensor, exact sparsity
+
+    Hint: equation (1) of the lab: k = round(s·n) entries with the smallest |w| get m = 0, exactly k of them even when
+    several |w| tie at the threshold (topk on |w| picks exactly k; a comparison with the k-th value does not)
+    """
     shapes = [(6,), (3, 4), (2, 3, 2, 2), (10, 9), (8, 4, 3, 3), (64,)]
     n = 0
     for shape in shapes:
@@ -54,8 +56,13 @@ def _check_magnitude_mask(student, g) -> int:
 
 
 def pitfalls_experiment() -> dict[str, int]:
-    """The lab's "predict, then run" experiment: what ``torch.nn.utils.prune``, hand-made masks, a threshold with
-    ties and a channel count really do. Deterministic; each entry is one prediction to make."""
+    """The lab's "predict, then run" experiment: what ``torch.nn.utils.prune``, hand-made masks, a threshold with ties
+    and a channel count really do. Deterministic; each entry is one prediction to make.
+
+    Goal: what torch.nn.utils.prune, hand-made masks, ties and channel counts really do
+
+    Hint: the section 'Four things that bite' explains each one
+    """
 
     torch.manual_seed(0)
     layer = nn.Linear(8, 8)  # 64 weights, 8 biases
@@ -82,9 +89,7 @@ def pitfalls_experiment() -> dict[str, int]:
     return out
 
 
-course.predictions_exercise("00.2", pitfalls_experiment, points=2,
-                            goal="what torch.nn.utils.prune, hand-made masks, ties and channel counts really do",
-                            explained="the section 'Four things that bite' explains each one")
+course.predictions_exercise("00.2", pitfalls_experiment)
 
 
 def _random_model(g, conv: bool):
@@ -118,11 +123,13 @@ def _unchanged(model, before: dict[str, Any]) -> bool:
     return now.keys() == before.keys() and all(torch.equal(now[k], before[k]) for k in before)
 
 
-@exercise("00.3", "global_magnitude_masks", points=2, goal="one threshold over all layers: global ranking",
-          hint="equation (2) of the lab: rank |w| over every conv and linear weight together (not layer by layer), "
-               "prune the k = round(s·N) smallest, N the number of those weights; biases and BatchNorm stay; leave "
-               "the model as it was")
+@exercise("00.3", "global_magnitude_masks", points=2)
 def _check_global_masks(student, g) -> int:
+    """Goal: one threshold over all layers: global ranking
+
+    Hint: equation (2) of the lab: rank |w| over every conv and linear weight together (not layer by layer), prune the k
+    = round(s·N) smallest, N the number of those weights; biases and BatchNorm stay; leave the model as it was
+    """
     n = 0
     for i in range(8):
         model, _ = _random_model(g, conv=bool(i % 2))
@@ -166,11 +173,14 @@ def _describe(model) -> str:
                       if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
-@exercise("00.4", "sensitivity_scan", points=2, goal="prune one layer at a time to see which layers tolerate it",
-          hint="section 'Sensitivity scan': for each layer and each sparsity, prune only that layer (magnitude_mask "
-               "of its dense weight), evaluate, and put the dense weight back before the next sparsity and the next "
-               "layer; keys are the module names of the conv and linear layers")
+@exercise("00.4", "sensitivity_scan", points=2)
 def _check_sensitivity(student, g) -> int:
+    """Goal: prune one layer at a time to see which layers tolerate it
+
+    Hint: section 'Sensitivity scan': for each layer and each sparsity, prune only that layer (magnitude_mask of its
+    dense weight), evaluate, and put the dense weight back before the next sparsity and the next layer; keys are the
+    module names of the conv and linear layers
+    """
     n = 0
     for i in range(6):
         model, example = _random_model(g, conv=bool(i % 2))
@@ -194,11 +204,14 @@ def _check_sensitivity(student, g) -> int:
     return n
 
 
-@exercise("00.5", "prune_channels", points=3, goal="channel pruning that really shrinks the model",
-          hint="section 'Channel pruning': keep the n − round(r·n) filters with the largest L1 norm "
-               "(prune.channels_to_keep), in their original order; slice the conv's weight and bias, the BatchNorm's "
-               "weight, bias, running_mean and running_var with the same indices, and the next conv's input channels")
+@exercise("00.5", "prune_channels", points=3)
 def _check_prune_channels(student, g) -> int:
+    """Goal: channel pruning that really shrinks the model
+
+    Hint: section 'Channel pruning': keep the n − round(r·n) filters with the largest L1 norm (prune.channels_to_keep),
+    in their original order; slice the conv's weight and bias, the BatchNorm's weight, bias, running_mean and
+    running_var with the same indices, and the next conv's input channels
+    """
     n = 0
     for i in range(8):
         torch.manual_seed(course.randint(g, 0, 2**31 - 1))
@@ -248,11 +261,13 @@ def _check_prune_channels(student, g) -> int:
     return n
 
 
-@exercise("00.6", "conv_cost", points=2, goal="count parameters and multiply-accumulates (MACs) of a conv",
-          hint="equation (3) of the lab: params = C_out·(C_in/groups)·k_h·k_w (+ C_out for the bias); "
-               "MACs = H_out·W_out·C_out·(C_in/groups)·k_h·k_w with H_out = ⌊(H + 2p − d(k − 1) − 1)/s⌋ + 1 "
-               "(the bias adds no multiply)")
+@exercise("00.6", "conv_cost", points=2)
 def _check_conv_cost(student, g) -> int:
+    """Goal: count parameters and multiply-accumulates (MACs) of a conv
+
+    Hint: equation (3) of the lab: params = C_out·(C_in/groups)·k_h·k_w (+ C_out for the bias); MACs =
+    H_out·W_out·C_out·(C_in/groups)·k_h·k_w with H_out = ⌊(H + 2p − d(k − 1) − 1)/s⌋ + 1 (the bias adds no multiply)
+    """
     n = 0
     for i in range(16):
         groups = (1, 1, 2, 4)[i % 4]

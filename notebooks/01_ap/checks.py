@@ -53,13 +53,14 @@ def _random_network(g, conv: bool) -> tuple[nn.Module, torch.Tensor]:
     return model.train(), x
 
 
-@exercise("01.1", "dead_neuron_rate", points=2,
-          goal="the dead-neuron rate as the series measures it: per element and per channel, one global ratio",
-          hint="notebook 01, section 1 (the DNR equation): hook every nn.ReLU, count zero outputs / all outputs "
-               "summed over every ReLU and input (one global ratio, not a mean of layer rates); per channel, a conv "
-               "channel is dead on an input when its whole map is zero; measure in eval mode and put the model back "
-               "in the mode it was in")
+@exercise("01.1", "dead_neuron_rate", points=2)
 def _check_dead_neuron_rate(student, g) -> int:
+    """Goal: the dead-neuron rate as the series measures it: per element and per channel, one global ratio
+
+    Hint: notebook 01, section 1 (the DNR equation): hook every nn.ReLU, count zero outputs / all outputs summed over
+    every ReLU and input (one global ratio, not a mean of layer rates); per channel, a conv channel is dead on an input
+    when its whole map is zero; measure in eval mode and put the model back in the mode it was in
+    """
     n = 0
     for i in range(8):
         model, x = _random_network(g, conv=bool(i % 2))
@@ -119,12 +120,14 @@ def _ap_case(g) -> tuple[list[torch.Tensor], list[torch.Tensor], int, bool]:
     return weights, start, course.randint(g, 0, candidates), tied
 
 
-@exercise("01.2", "ap_choose", points=2,
-          goal="AP's pruning metric: the surviving negative weights that moved least, under one global ranking",
-          hint="notebook 02, section 1 (the rule): candidates are the surviving (non-zero) weights with w < 0; score "
-               "each by |w − w_start|; choose the k smallest under one ranking over all tensors together, ties by "
-               "position (tensor order, then flat index: a stable sort)")
+@exercise("01.2", "ap_choose", points=2)
 def _check_ap_choose(student, g) -> int:
+    """Goal: AP's pruning metric: the surviving negative weights that moved least, under one global ranking
+
+    Hint: notebook 02, section 1 (the rule): candidates are the surviving (non-zero) weights with w < 0; score each by
+    |w − w_start|; choose the k smallest under one ranking over all tensors together, ties by position (tensor order,
+    then flat index: a stable sort)
+    """
     n = 0
     for _ in range(16):
         weights, start, k, tied = _ap_case(g)
@@ -200,12 +203,14 @@ def _round_case(g):
     return weights, masks, init, r, rate
 
 
-@exercise("01.3", "imp_round", points=2,
-          goal="one round of iterative magnitude pruning with rewinding, as the series runs it",
-          hint="notebook 01, section 2: after round r the sparsity is s = 1 − (1 − p)^(r+1) of all N weights, so "
-               "k = round(s·N) weights are zero in all (those pruned before and the smallest surviving |w|), under "
-               "one ranking over every layer; the survivors go back to their initial values, the pruned stay 0")
+@exercise("01.3", "imp_round", points=2)
 def _check_imp_round(student, g) -> int:
+    """Goal: one round of iterative magnitude pruning with rewinding, as the series runs it
+
+    Hint: notebook 01, section 2: after round r the sparsity is s = 1 − (1 − p)^(r+1) of all N weights, so k =
+    round(s·N) weights are zero in all (those pruned before and the smallest surviving |w|), under one ranking over
+    every layer; the survivors go back to their initial values, the pruned stay 0
+    """
     n = 0
     for _ in range(16):
         weights, masks, init, r, rate = _round_case(g)
@@ -356,14 +361,15 @@ def lab_claims(runs: dict[str, dict[int, list[dict]]], run: dict = LAB_RUN, name
     return book.table()
 
 
-@exercise("01.4", "ap_prune_step", points=3,
-          goal="AP's share of a round's budget, and AP inside the series' pipeline: the same claims table",
-          hint="notebook 02, section 1 and notebook 03, section 1: of the n weights alive before the round AP takes "
-               "k = round(p2·n); the base method first brings the network to (round(target·N) − k)/N with "
-               "prune.global_magnitude; then AP chooses k among the weights as they are now, scored from the "
-               "round's start (ap.start_weight), and ap.prune_chosen removes them; the round ends at the target. "
-               "It calls your ap_choose: 01.2 must pass first")
+@exercise("01.4", "ap_prune_step", points=3)
 def _check_ap_prune_step(student, g) -> int:
+    """Goal: AP's share of a round's budget, and AP inside the series' pipeline: the same claims table
+
+    Hint: notebook 02, section 1 and notebook 03, section 1: of the n weights alive before the round AP takes k =
+    round(p2·n); the base method first brings the network to (round(target·N) − k)/N with prune.global_magnitude; then
+    AP chooses k among the weights as they are now, scored from the round's start (ap.start_weight), and ap.prune_chosen
+    removes them; the round ends at the target. It calls your ap_choose: 01.2 must pass first
+    """
     n = 0
     for case, make, start, target, p2 in _step_cases(g):
         ours, theirs = make(), make()
@@ -400,8 +406,13 @@ def _check_ap_prune_step(student, g) -> int:
 
 
 def ap_experiment() -> dict[str, Any]:
-    """The lab's "predict, then run" experiment: a 20-40-5 MLP with exactly 1,000 prunable weights, three rounds of
-    20 % magnitude pruning, then a fourth round with AP (p2 = 2 %). Deterministic; each entry is one prediction."""
+    """The lab's "predict, then run" experiment: a 20-40-5 MLP with exactly 1,000 prunable weights, three rounds of 20 %
+    magnitude pruning, then a fourth round with AP (p2 = 2 %). Deterministic; each entry is one prediction.
+
+    Goal: how the schedule compounds, how a round's budget splits, and why AP's removals can only activate
+
+    Hint: notebook 01, section 2 (1 − 0.8^r) and notebook 02, section 1 ('Why it activates') explain them
+    """
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 5))  # 800 + 200 weights (biases not pruned)
     params = prune.prunable(net)
@@ -443,8 +454,4 @@ def ap_experiment() -> dict[str, Any]:
     return out
 
 
-course.predictions_exercise("01.5", ap_experiment, points=2,
-                            goal="how the schedule compounds, how a round's budget splits, and why AP's removals can "
-                                 "only activate",
-                            explained="notebook 01, section 2 (1 − 0.8^r) and notebook 02, section 1 ('Why it "
-                                      "activates') explain them")
+course.predictions_exercise("01.5", ap_experiment)

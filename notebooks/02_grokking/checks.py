@@ -49,13 +49,15 @@ def _shapes(params: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{k} {tuple(v.shape)}" for k, v in params.items())
 
 
-@exercise("02.1", "neuron_ipr", points=2,
-          goal="the inverse participation ratio of a neuron's weights in Fourier space (Eqs. 3-4), with the "
-               "official code's rfft",
-          hint="notebook 01, section 3 (Eqs. 3-4): for each weight vector of length p take c = torch.fft.rfft (the "
-               "one-sided transform of the official code, not the full FFT), IPR = Σ|c_j|⁴ / (Σ|c_j|²)²; a neuron's "
-               "vectors are row k of U, row k of V and column k of W (not row k of W); IPR_k is the mean of the three")
+@exercise("02.1", "neuron_ipr", points=2)
 def _check_neuron_ipr(student, g) -> int:
+    """Goal: the inverse participation ratio of a neuron's weights in Fourier space (Eqs. 3-4), with the official code's
+    rfft
+
+    Hint: notebook 01, section 3 (Eqs. 3-4): for each weight vector of length p take c = torch.fft.rfft (the one-sided
+    transform of the official code, not the full FFT), IPR = Σ|c_j|⁴ / (Σ|c_j|²)²; a neuron's vectors are row k of U,
+    row k of V and column k of W (not row k of W); IPR_k is the mean of the three
+    """
     n = 0
     for _ in range(12):
         params = _weights_case(g)
@@ -106,14 +108,16 @@ def _mixed_network(g, p: int, width: int) -> dict[str, torch.Tensor]:
     return out
 
 
-@exercise("02.2", "subset_accuracies", points=2,
-          goal="what 'train', 'test', 'corrupted' and 'clean' accuracy mean: f = W(U e_m + V e_n)², scored on the "
-               "labels each subset was given",
-          hint="notebook 01, section 2 (Eq. 1) and notebook 02, section 1: the prediction for the pair (m, n) is the "
-               "argmax over q of f_q = Σ_k W_qk (U_km + V_kn)²; 'train' (positions :n_train) and 'corrupted' (:n_noise)"
-               " are scored on task.labels, the labels the network was given, random where corrupted; 'clean' is "
-               "n_noise:n_train and 'test' n_train: (task.subset(name) gives these slices)")
+@exercise("02.2", "subset_accuracies", points=2)
 def _check_subset_accuracies(student, g) -> int:
+    """Goal: what 'train', 'test', 'corrupted' and 'clean' accuracy mean: f = W(U e_m + V e_n)², scored on the labels
+    each subset was given
+
+    Hint: notebook 01, section 2 (Eq. 1) and notebook 02, section 1: the prediction for the pair (m, n) is the argmax
+    over q of f_q = Σ_k W_qk (U_km + V_kn)²; 'train' (positions :n_train) and 'corrupted' (:n_noise) are scored on
+    task.labels, the labels the network was given, random where corrupted; 'clean' is n_noise:n_train and 'test'
+    n_train: (task.subset(name) gives these slices)
+    """
     n = 0
     for _ in range(10):
         p = (7, 11, 13, 17, 19, 23)[course.randint(g, 0, 5)]
@@ -188,14 +192,15 @@ def _prune_case(g) -> tuple[dict[str, torch.Tensor], float, bool]:
     return params, min(1.0, (k + frac) / width), course.randint(g, 0, 2) > 0
 
 
-@exercise("02.3", "prune_by_ipr", points=3,
-          goal="pruning by the memorizing-neuron score: remove the round(f·N) lowest-IPR (or highest-IPR) neurons, "
-               "and that this one function in the series' pruning pipeline gives the reference run's claims table",
-          hint="notebook 03, section 2: rank the N neurons by IPR_k (your neuron_ipr, 02.1), lowest first (highest "
-               "first when lowest_first is False); remove the first round(f·N) (round, not floor) by setting row k of "
-               "U and of V and column k of W (W is (B, p, N)) to 0, on a copy. It calls your neuron_ipr: 02.1 must "
-               "pass first")
+@exercise("02.3", "prune_by_ipr", points=3)
 def _check_prune_by_ipr(student, g) -> int:
+    """Goal: pruning by the memorizing-neuron score: remove the round(f·N) lowest-IPR (or highest-IPR) neurons, and that
+    this one function in the series' pruning pipeline gives the reference run's claims table
+
+    Hint: notebook 03, section 2: rank the N neurons by IPR_k (your neuron_ipr, 02.1), lowest first (highest first when
+    lowest_first is False); remove the first round(f·N) (round, not floor) by setting row k of U and of V and column k
+    of W (W is (B, p, N)) to 0, on a copy. It calls your neuron_ipr: 02.1 must pass first
+    """
     n = 0
     for _ in range(16):
         params, fraction, lowest = _prune_case(g)
@@ -321,8 +326,15 @@ def lab_claims(curves: dict[int, dict[str, dict]], run: dict = LAB_RUN, name: st
 
 
 def grokking_experiment() -> dict[str, Any]:
-    """The lab's "predict, then run" experiment, on hand-built weights and the official split. Deterministic; each
-    entry is one prediction."""
+    """The lab's "predict, then run" experiment, on hand-built weights and the official split. Deterministic; each entry
+    is one prediction.
+
+    Goal: what the IPR measures and what it ignores, how many labels are corrupted, and what a network that answers the
+    true sum scores on corrupted labels
+
+    Hint: notebook 01, section 3 (the rfft convention, a one-hot vector's 1/49), notebook 02, section 1 (int(ξ·n_train),
+    the 1/p chance hits) and Appendix C's rules (gk.classify_phase) explain them
+    """
     p = gk.P
     i = torch.arange(p, dtype=torch.float64)
     cosine = torch.cos(2 * math.pi * 5 * i / p + 0.4)
@@ -353,9 +365,4 @@ def grokking_experiment() -> dict[str, Any]:
     return out
 
 
-course.predictions_exercise("02.4", grokking_experiment, points=2,
-                            goal="what the IPR measures and what it ignores, how many labels are corrupted, and what "
-                                 "a network that answers the true sum scores on corrupted labels",
-                            explained="notebook 01, section 3 (the rfft convention, a one-hot vector's 1/49), "
-                                      "notebook 02, section 1 (int(ξ·n_train), the 1/p chance hits) and Appendix C's "
-                                      "rules (gk.classify_phase) explain them")
+course.predictions_exercise("02.4", grokking_experiment)

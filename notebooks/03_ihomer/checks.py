@@ -40,13 +40,15 @@ def _labels(g, n: int, k: int) -> np.ndarray:
 # ---------------------------------------------------------------- 03.1 · the Jaccard distance from counts
 
 
-@exercise("03.1", "jaccard_distance", points=2,
-          goal="the Jaccard distance between labels from co-occurrence counts: which counts enter, and the pairs "
-               "never seen on",
-          hint="notebook 02, section 1: d(a, b) = 1 − n11 / (n11 + n10 + n01), and n10 + n01 + n11 = n_a + n_b − n11 "
-               "(the union, not the sum); n00 does not enter; a pair whose union is 0 (neither label ever on) has "
-               "distance 1; the diagonal is 0, a label never on included")
+@exercise("03.1", "jaccard_distance", points=2)
 def _check_jaccard_distance(student, g) -> int:
+    """Goal: the Jaccard distance between labels from co-occurrence counts: which counts enter, and the pairs never seen
+    on
+
+    Hint: notebook 02, section 1: d(a, b) = 1 − n11 / (n11 + n10 + n01), and n10 + n01 + n11 = n_a + n_b − n11 (the
+    union, not the sum); n00 does not enter; a pair whose union is 0 (neither label ever on) has distance 1; the
+    diagonal is 0, a label never on included
+    """
     n = 0
     for _ in range(16):
         rows, k = course.randint(g, 1, 60), course.randint(g, 1, 9)
@@ -87,15 +89,15 @@ def reference_split(n11: np.ndarray, n1: np.ndarray, n: int, delta: float, tau: 
     return [child.labels.tolist() for child in leaf.children]
 
 
-@exercise("03.2", "odac_split", points=2,
-          goal="ODAC's divisive step on a label set: the Hoeffding bound, the split test, the pivots and who joins "
-               "whom",
-          hint="notebook 03, section 1: ε = √(R² ln(1/δ) / (2n)) with R = 1; over the pairs a < b, d1 the largest "
-               "distance (the first such pair in row order is the pivot pair), d2 the second largest, d0 the "
-               "smallest, d̄ their mean; split when (d1 − d2 > ε or τ > ε) and (d1 − d0)·|d1 + d0 − 2d̄| > ε; each "
-               "other label joins the pivot it is closer to, the first pivot on a tie. It calls your "
-               "jaccard_distance: 03.1 must pass first")
+@exercise("03.2", "odac_split", points=2)
 def _check_odac_split(student, g) -> int:
+    """Goal: ODAC's divisive step on a label set: the Hoeffding bound, the split test, the pivots and who joins whom
+
+    Hint: notebook 03, section 1: ε = √(R² ln(1/δ) / (2n)) with R = 1; over the pairs a < b, d1 the largest distance
+    (the first such pair in row order is the pivot pair), d2 the second largest, d0 the smallest, d̄ their mean; split
+    when (d1 − d2 > ε or τ > ε) and (d1 − d0)·|d1 + d0 − 2d̄| > ε; each other label joins the pivot it is closer to, the
+    first pivot on a tie. It calls your jaccard_distance: 03.1 must pass first
+    """
     n, outcomes, ties = 0, set(), 0
     while n < 30 or outcomes != {True, False} or ties == 0:  # 30 cases at least, until both outcomes and a tie
         assert n < 500, "the cases should both split and not split, and tie (the check's generator)"
@@ -137,13 +139,15 @@ def _check_odac_split(student, g) -> int:
 METRICS = ("subset_acc", "hamming", "micro_f1", "macro_f1", "example_f1")
 
 
-@exercise("03.3", "multilabel_scores", points=2,
-          goal="the five multi-label metrics the paper reports, and what each counts (instances, labels, or pairs)",
-          hint="notebook 01, section 3: subset accuracy = mean over instances of [ŷ = y]; Hamming loss = wrong label "
-               "decisions / (N·L); micro-F1 pools TP, FP, FN over every label; macro-F1 averages the per-label F1 "
-               "over all L labels; example-F1 averages 2|y ∩ ŷ| / (|y| + |ŷ|) over the instances; an F1 whose "
-               "denominator is 0 counts 0 (an empty prediction of an empty labelset included)")
+@exercise("03.3", "multilabel_scores", points=2)
 def _check_multilabel_scores(student, g) -> int:
+    """Goal: the five multi-label metrics the paper reports, and what each counts (instances, labels, or pairs)
+
+    Hint: notebook 01, section 3: subset accuracy = mean over instances of [ŷ = y]; Hamming loss = wrong label decisions
+    / (N·L); micro-F1 pools TP, FP, FN over every label; macro-F1 averages the per-label F1 over all L labels;
+    example-F1 averages 2|y ∩ ŷ| / (|y| + |ŷ|) over the instances; an F1 whose denominator is 0 counts 0 (an empty
+    prediction of an empty labelset included)
+    """
     n = 0
     for i in range(24):
         rows, k = course.randint(g, 1, 30), course.randint(g, 2, 7)
@@ -262,15 +266,16 @@ def lab_claims(traces: dict[int, dict], run: dict = LAB_RUN, name: str = "lab-03
     return book.table()
 
 
-@exercise("03.4", "merge_small_clusters", points=3,
-          goal="why and how iHOMER grows small clusters (average linkage by Jaccard distance, smallest first), and "
-               "that this one function in the series' label clustering gives the same claims table",
-          hint="notebook 03, section 2: while there is more than one cluster and some cluster has fewer than "
-               "min_size labels, take the smallest such cluster (ties: the smaller sorted label list), merge it with "
-               "the cluster of smallest average distance between their labels (the mean of distance[a, b] over "
-               "the pairs; ties: the smaller cluster, then the smaller label list); return the clusters, each "
-               "sorted, in sorted order")
+@exercise("03.4", "merge_small_clusters", points=3)
 def _check_merge_small_clusters(student, g) -> int:
+    """Goal: why and how iHOMER grows small clusters (average linkage by Jaccard distance, smallest first), and that
+    this one function in the series' label clustering gives the same claims table
+
+    Hint: notebook 03, section 2: while there is more than one cluster and some cluster has fewer than min_size labels,
+    take the smallest such cluster (ties: the smaller sorted label list), merge it with the cluster of smallest average
+    distance between their labels (the mean of distance[a, b] over the pairs; ties: the smaller cluster, then the
+    smaller label list); return the clusters, each sorted, in sorted order
+    """
     n = 0
     for _ in range(32):
         clusters, min_size, D = _merge_case(g)
@@ -303,8 +308,14 @@ def _check_merge_small_clusters(student, g) -> int:
 
 
 def ihomer_experiment() -> dict[str, Any]:
-    """The lab's "predict, then run" experiment, on label matrices set by hand or seeded. Deterministic; each entry
-    is one prediction."""
+    """The lab's "predict, then run" experiment, on label matrices set by hand or seeded. Deterministic; each entry is
+    one prediction.
+
+    Goal: what the Jaccard distance ignores, how the conventions of the F1s score empty labelsets, and when ODAC splits
+
+    Hint: notebook 02, section 1 (n00 does not enter), notebook 01, section 3 (an F1 with a zero denominator counts 0)
+    and notebook 03, sections 1 and 2 (the split test; merging small clusters) explain them
+    """
     out: dict[str, Any] = {}
     # two labels over 100 instances: a on in the first 40, b in the first 20 (b only ever with a)
     Y = np.zeros((100, 2), dtype=bool)
@@ -340,10 +351,5 @@ def ihomer_experiment() -> dict[str, Any]:
     return out
 
 
-course.predictions_exercise("03.5", ihomer_experiment, points=2,
-                            goal="what the Jaccard distance ignores, how the conventions of the F1s score empty "
-                                 "labelsets, and when ODAC splits",
-                            explained="notebook 02, section 1 (n00 does not enter), notebook 01, section 3 (an F1 "
-                                      "with a zero denominator counts 0) and notebook 03, sections 1 and 2 (the split "
-                                      "test; merging small clusters) explain them")
+course.predictions_exercise("03.5", ihomer_experiment)
 

@@ -31,12 +31,14 @@ def _mask_params(g, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, log_sigma2
 
 
-@exercise("04.1", "vib_kl", points=1,
-          goal="the compression term of a VIB mask: Dai et al.'s closed-form ½ Σ log(1 + μ²/σ²)",
-          hint="notebook 01, section 'The mask' (the closed-form KL): for z = μ + σ·ε with the prior's variance "
-               "optimised out, the term is ½ Σ_i log(1 + μ_i²/σ_i²), summed over the units (not averaged), with σ² ="
-               " exp(log σ²), the variance (not the standard deviation)")
+@exercise("04.1", "vib_kl", points=1)
 def _check_vib_kl(student, g) -> int:
+    """Goal: the compression term of a VIB mask: Dai et al.'s closed-form ½ Σ log(1 + μ²/σ²)
+
+    Hint: notebook 01, section 'The mask' (the closed-form KL): for z = μ + σ·ε with the prior's variance optimised out,
+    the term is ½ Σ_i log(1 + μ_i²/σ_i²), summed over the units (not averaged), with σ² = exp(log σ²), the variance (not
+    the standard deviation)
+    """
     n = 0
     for _ in range(16):
         mu, log_sigma2 = _mask_params(g)
@@ -61,12 +63,13 @@ def _check_vib_kl(student, g) -> int:
 # ---------------------------------------------------------------- 04.2 · the keep rule
 
 
-@exercise("04.2", "vib_keep", points=1,
-          goal="which units a VIB mask keeps: log α = log σ² − log μ² below 0, i.e. μ²/σ² > 1, strict",
-          hint="notebook 01, sections 'The mask' and 'The mask on units set by hand': log α = log σ² − log(μ² + "
-               "1e-8) (the 1e-8 keeps μ = 0 finite); a unit stays iff log α < 0, strictly (log α = 0 is pruned); "
-               "return a bool tensor")
+@exercise("04.2", "vib_keep", points=1)
 def _check_vib_keep(student, g) -> int:
+    """Goal: which units a VIB mask keeps: log α = log σ² − log μ² below 0, i.e. μ²/σ² > 1, strict
+
+    Hint: notebook 01, sections 'The mask' and 'The mask on units set by hand': log α = log σ² − log(μ² + 1e-8) (the
+    1e-8 keeps μ = 0 finite); a unit stays iff log α < 0, strictly (log α = 0 is pruned); return a bool tensor
+    """
     n = 0
     for _ in range(16):
         mu, log_sigma2 = _mask_params(g)
@@ -182,15 +185,16 @@ def lab_claims(sizes: dict[int, dict], run: dict = LAB_RUN, name: str = "lab-04.
     return book.table()
 
 
-@exercise("04.3", "bert_size", points=3,
-          goal="the size of a BERT with pruned widths, embeddings included, and that this formula, put into the "
-               "series' pruning pipeline, counts what slicing really leaves",
-          hint="notebook 01, section 'Size: the hard count and its smooth proxy' (size_formula): (vocab + positions "
-               "+ types)·H + 2H for the embeddings and their LayerNorm; per layer, when its MHA is on, 4·H·h·dh + "
-               "3·h·dh + 3·H (q, k, v, o with biases, a LayerNorm of 2H plus o's bias H), when its FFN is on, 2·H·f "
-               "+ f + 3·H; then the pooler H·P + P and the classifier P·labels + labels. A sublayer that is off "
-               "costs nothing, its LayerNorm included")
+@exercise("04.3", "bert_size", points=3)
 def _check_bert_size(student, g) -> int:
+    """Goal: the size of a BERT with pruned widths, embeddings included, and that this formula, put into the series'
+    pruning pipeline, counts what slicing really leaves
+
+    Hint: notebook 01, section 'Size: the hard count and its smooth proxy' (size_formula): (vocab + positions + types)·H
+    + 2H for the embeddings and their LayerNorm; per layer, when its MHA is on, 4·H·h·dh + 3·h·dh + 3·H (q, k, v, o with
+    biases, a LayerNorm of 2H plus o's bias H), when its FFN is on, 2·H·f + f + 3·H; then the pooler H·P + P and the
+    classifier P·labels + labels. A sublayer that is off costs nothing, its LayerNorm included
+    """
     n = 0
     for _ in range(24):
         shape, hidden, heads, inner, attn_on, ffn_on = _shape_case(g)
@@ -235,14 +239,16 @@ def _attention_case(g) -> tuple[V.bert.Attention, torch.Tensor, torch.Tensor, to
     return attn, keep, h, bias
 
 
-@exercise("04.4", "slice_heads", points=2,
-          goal="slicing: the pruned heads' rows of Q, K, V and columns of O removed, so the model really shrinks and"
-               " computes the same",
-          hint="notebook 02, section 'The sliced models: parameters, MACs and CPU latency', and V.slice_model: head "
-               "j owns the columns j·dh … (j+1)·dh − 1 of the concatenated heads, i.e. those rows (and bias entries)"
-               " of q, k and v and those columns of o; o's bias and the LayerNorm keep their hidden width; build a "
-               "V.bert.Attention with the kept number of heads")
+@exercise("04.4", "slice_heads", points=2)
 def _check_slice_heads(student, g) -> int:
+    """Goal: slicing: the pruned heads' rows of Q, K, V and columns of O removed, so the model really shrinks and
+    computes the same
+
+    Hint: notebook 02, section 'The sliced models: parameters, MACs and CPU latency', and V.slice_model: head j owns the
+    columns j·dh … (j+1)·dh − 1 of the concatenated heads, i.e. those rows (and bias entries) of q, k and v and those
+    columns of o; o's bias and the LayerNorm keep their hidden width; build a V.bert.Attention with the kept number of
+    heads
+    """
     n = 0
     for _ in range(12):
         attn, keep, h, bias = _attention_case(g)
@@ -277,7 +283,13 @@ MINILM_SHAPE = V.Shape(vocab=30522, max_positions=512, type_vocab=2, head_dim=32
 
 def vtrans_experiment() -> dict[str, Any]:
     """The lab's "predict, then run" experiment: counts on MiniLM-L6's shape (6 layers, 384 wide, 12 heads of 32, FFN
-    1,536) by the series' size formula, and two VIB units. Deterministic; each entry is one prediction."""
+    1,536) by the series' size formula, and two VIB units. Deterministic; each entry is one prediction.
+
+    Goal: where a BERT's parameters are (half of MiniLM is its embedding table), what one head and one hidden dimension
+    cost, and what the KL and the keep rule say about two units
+
+    Hint: notebook 01 (the size formula, the KL and the keep rule) explains them
+    """
     layers, H, heads, f = 6, 384, 12, 1536
 
     def size(hidden=H, heads_=None, inner=None):
@@ -303,8 +315,4 @@ def vtrans_experiment() -> dict[str, Any]:
     return out
 
 
-course.predictions_exercise("04.5", vtrans_experiment, points=2,
-                            goal="where a BERT's parameters are (half of MiniLM is its embedding table), what one "
-                                 "head and one hidden dimension cost, and what the KL and the keep rule say about two "
-                                 "units",
-                            explained="notebook 01 (the size formula, the KL and the keep rule) explains them")
+course.predictions_exercise("04.5", vtrans_experiment)

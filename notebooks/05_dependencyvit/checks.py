@@ -28,13 +28,14 @@ def _operator_case(g) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
     return a, p.contiguous(), m, v
 
 
-@exercise("05.1", "reversed_attention", points=2,
-          goal="reversed attention: children send their values to parents, (A ⊙ P ⊙ M)ᵀ V, and the dependency mask",
-          hint="notebook 01, section 'Ordinary and reversed attention' (the send equation): A's row i is child i's "
-               "distribution over parents; scale row i by P_hi and M_i (the child's gates), transpose (out_j = Σ_i "
-               "...), multiply by V; the mask is the gated, transposed A summed over heads, so child i's column sums"
-               " to M_i")
+@exercise("05.1", "reversed_attention", points=2)
 def _check_reversed_attention(student, g) -> int:
+    """Goal: reversed attention: children send their values to parents, (A ⊙ P ⊙ M)ᵀ V, and the dependency mask
+
+    Hint: notebook 01, section 'Ordinary and reversed attention' (the send equation): A's row i is child i's
+    distribution over parents; scale row i by P_hi and M_i (the child's gates), transpose (out_j = Σ_i ...), multiply by
+    V; the mask is the gated, transposed A summed over heads, so child i's column sums to M_i
+    """
     n = 0
     for _ in range(12):
         a, p, m, v = _operator_case(g)
@@ -79,14 +80,16 @@ def _mask_case(g) -> torch.Tensor:
     return mask
 
 
-@exercise("05.2", "tree_parents", points=2,
-          goal="the tree read off a dependency mask: argmax parent per child, cycles broken at the member that "
-               "receives most",
-          hint="notebook 02, section 'Reading a tree off a mask': parent[i] = argmax over the rows of column i (rows"
-               " are parents); a token that picks itself is a root; follow parents from every token, and where the "
-               "walk closes a cycle of two or more tokens, make the member with the largest row sum (mass received) "
-               "a root; walk the tokens in index order and repair each cycle as it is found")
+@exercise("05.2", "tree_parents", points=2)
 def _check_tree_parents(student, g) -> int:
+    """Goal: the tree read off a dependency mask: argmax parent per child, cycles broken at the member that receives
+    most
+
+    Hint: notebook 02, section 'Reading a tree off a mask': parent[i] = argmax over the rows of column i (rows are
+    parents); a token that picks itself is a root; follow parents from every token, and where the walk closes a cycle of
+    two or more tokens, make the member with the largest row sum (mass received) a root; walk the tokens in index order
+    and repair each cycle as it is found
+    """
     n = 0
     cycles = 0
     for _ in range(24):
@@ -119,12 +122,14 @@ def _check_tree_parents(student, g) -> int:
 # ---------------------------------------------------------------- 05.3 · DependencyViT-Lite: the tokens kept
 
 
-@exercise("05.3", "lite_keep", points=2,
-          goal="DependencyViT-Lite's pruning: keep the tokens still sending (highest M), how many, in which order",
-          hint="notebook 03, section 'Pruning at inference only': a pruning layer keeps K = max(1, round(N·keep)) of"
-               " the N original tokens (round, not floor), the K of largest cumulative M (the leaves that rarely "
-               "send are dropped), and returns their indices in their original (increasing) order")
+@exercise("05.3", "lite_keep", points=2)
 def _check_lite_keep(student, g) -> int:
+    """Goal: DependencyViT-Lite's pruning: keep the tokens still sending (highest M), how many, in which order
+
+    Hint: notebook 03, section 'Pruning at inference only': a pruning layer keeps K = max(1, round(N·keep)) of the N
+    original tokens (round, not floor), the K of largest cumulative M (the leaves that rarely send are dropped), and
+    returns their indices in their original (increasing) order
+    """
     n = 0
     for _ in range(16):
         b, t = course.randint(g, 1, 4), course.randint(g, 4, 50)
@@ -234,14 +239,16 @@ def lab_claims(readings: dict, run: dict = LAB_RUN, name: str = "lab-05.4"):
     return book.table()
 
 
-@exercise("05.4", "subtree_labels", points=3,
-          goal="parts as subtrees: the partition of the tokens under the k hubs, and that one function in the "
-               "series' tree pipeline gives the same claims table",
-          hint="notebook 02, section 'Reading a tree off a mask' (parts as subtrees): read the tree with your "
-               "tree_parents; the heads are the k tokens with the largest row sums of the mask (mass received; a "
-               "stable sort, ties by index); each token's label is the first head or root met walking up from the "
-               "token itself (the token included). It calls your tree_parents: 05.2 must pass first")
+@exercise("05.4", "subtree_labels", points=3)
 def _check_subtree_labels(student, g) -> int:
+    """Goal: parts as subtrees: the partition of the tokens under the k hubs, and that one function in the series' tree
+    pipeline gives the same claims table
+
+    Hint: notebook 02, section 'Reading a tree off a mask' (parts as subtrees): read the tree with your tree_parents;
+    the heads are the k tokens with the largest row sums of the mask (mass received; a stable sort, ties by index); each
+    token's label is the first head or root met walking up from the token itself (the token included). It calls your
+    tree_parents: 05.2 must pass first
+    """
     n = 0
     for _ in range(16):
         mask, k = _label_case(g)
@@ -261,11 +268,9 @@ def _check_subtree_labels(student, g) -> int:
     models = lab_models(LAB_RUN, seeds)
     reference = lab_readings(None, models, LAB_RUN)
     mine = lab_readings(student, models, LAB_RUN)
-    for key, want in reference.items():
-        for name in ("ari", "nmi", "random_tree"):
-            assert mine[key][name] == want[name], (
-                f"the tree pipeline (a {key[0]} trained on {LAB_RUN['n_train']} PartShapes images, seed {key[1]}) "
-                f"with your reading: {name} = {mine[key][name]:.6f}, the reference run gives {want[name]:.6f}")
+    course.same_runs(mine, reference, lambda key: f"the tree pipeline (a {key[0]} trained on {LAB_RUN['n_train']} "
+                                                  f"PartShapes images, seed {key[1]}) with your reading",
+                     names=("ari", "nmi", "random_tree"))
     course.same_claims_table(lab_claims(mine), lab_claims(reference), "your reading")
     return n + len(seeds)
 
@@ -275,7 +280,14 @@ def _check_subtree_labels(student, g) -> int:
 
 def dependency_experiment() -> dict[str, Any]:
     """The lab's "predict, then run" experiment, on hand-set and seeded tensors. Deterministic; each entry is one
-    prediction."""
+    prediction.
+
+    Goal: what M does and does not change in the mask and the tree, how cycles become roots, and how many tokens Lite
+    keeps
+
+    Hint: notebook 01 ('The operator, checked on tensors set by hand': the columns sum to M), notebook 02 ('Reading a
+    tree off a mask': cycles) and notebook 03 ('Pruning at inference only': Lite's counts) explain them
+    """
     g = torch.Generator().manual_seed(0)
     b, h, n, d = 1, 4, 6, 3
     a = torch.softmax(torch.randn(b, h, n, n, generator=g, dtype=torch.float64), dim=-1)
@@ -302,9 +314,4 @@ def dependency_experiment() -> dict[str, Any]:
     return out_
 
 
-course.predictions_exercise("05.5", dependency_experiment, points=2,
-                            goal="what M does and does not change in the mask and the tree, how cycles become roots, "
-                                 "and how many tokens Lite keeps",
-                            explained="notebook 01 ('The operator, checked on tensors set by hand': the columns sum "
-                                      "to M), notebook 02 ('Reading a tree off a mask': cycles) and notebook 03 "
-                                      "('Pruning at inference only': Lite's counts) explain them")
+course.predictions_exercise("05.5", dependency_experiment)

@@ -34,14 +34,16 @@ def _as_node(x: Any) -> tuple[int, int]:
     return int(i), int(j)
 
 
-@exercise("06.1", "node_inputs", points=2,
-          goal="the nested skip pathway of UNet++ (DLMIA Eq. 1) as the series wires it, beside U-Net's and UNet+'s: "
-               "which nodes feed which",
-          hint="notebook 1, section 1 (Eq. 1) and notebook 5, section 1 (the table of the five networks): a decoder "
-               "node x^{i,j} (j ≥ 1) concatenates same-row nodes, then U(x^{i+1,j-1}) last; UNet++ takes every "
-               "x^{i,k}, k < j, UNet+ only x^{i,j-1}, and U-Net^d has only the decoder nodes x^{i,d-i}, each fed by "
-               "x^{i,0}; UNet+ and UNet++ have every node with i + j ≤ d")
+@exercise("06.1", "node_inputs", points=2)
 def _check_node_inputs(student, g) -> int:
+    """Goal: the nested skip pathway of UNet++ (DLMIA Eq. 1) as the series wires it, beside U-Net's and UNet+'s: which
+    nodes feed which
+
+    Hint: notebook 1, section 1 (Eq. 1) and notebook 5, section 1 (the table of the five networks): a decoder node
+    x^{i,j} (j ≥ 1) concatenates same-row nodes, then U(x^{i+1,j-1}) last; UNet++ takes every x^{i,k}, k < j, UNet+ only
+    x^{i,j-1}, and U-Net^d has only the decoder nodes x^{i,d-i}, each fed by x^{i,0}; UNet+ and UNet++ have every node
+    with i + j ≤ d
+    """
     n = 0
     for case_no in range(15):
         kind, depth = KINDS[case_no % 3], course.randint(g, 1, 4)
@@ -107,15 +109,17 @@ def _no_forward(*args, **kwargs):
     raise AssertionError("called net(x) or net.forward: compute the nodes with net.blocks yourself")
 
 
-@exercise("06.2", "forward_at_level", points=3,
-          goal="pruning UNet++ at inference: the network L^d is the nodes with i + j ≤ d, read at the heads up to "
-               "x^{0,d}, and nothing else is computed",
-          hint="notebook 3, section 1 (the pruned subgraph) with notebook 1's Eq. 1: go through net.nodes (ordered by "
-               "column j) and skip every node with i + j > level; x^{0,0} = H(x), x^{i,0} = H(maxpool2(x^{i-1,0})), "
-               "a decoder node H(cat([its same-row inputs..., U(x^{i+1,j-1})], dim=1)) with your node_inputs; U is "
-               "net.ups[f'{i}{j}'] when net.up_mode == 'transpose', else bilinear ×2 (align_corners=False); return "
-               "the logits of every head net.heads[str(j)] in net.head_levels with j ≤ level, in order")
+@exercise("06.2", "forward_at_level", points=3)
 def _check_forward_at_level(student, g) -> int:
+    """Goal: pruning UNet++ at inference: the network L^d is the nodes with i + j ≤ d, read at the heads up to x^{0,d},
+    and nothing else is computed
+
+    Hint: notebook 3, section 1 (the pruned subgraph) with notebook 1's Eq. 1: go through net.nodes (ordered by column
+    j) and skip every node with i + j > level; x^{0,0} = H(x), x^{i,0} = H(maxpool2(x^{i-1,0})), a decoder node
+    H(cat([its same-row inputs..., U(x^{i+1,j-1})], dim=1)) with your node_inputs; U is net.ups[f'{i}{j}'] when
+    net.up_mode == 'transpose', else bilinear ×2 (align_corners=False); return the logits of every head
+    net.heads[str(j)] in net.head_levels with j ≤ level, in order
+    """
     n = 0
     for _ in range(12):
         net, x, level = _net_case(g)
@@ -170,13 +174,15 @@ def _loss_case(g) -> tuple[list[torch.Tensor], torch.Tensor]:
     return heads, target
 
 
-@exercise("06.3", "ds_loss", points=2,
-          goal="the paper's loss, ½·BCE − Dice, and deep supervision: the same loss on every head, equal weights",
-          hint="notebook 2, section 1 (DLMIA Eq. 2): per head, 0.5 · binary cross-entropy of the logits (mean over "
-               "pixels) minus the soft Dice (2·Σ p·y + 1) / (Σ p + Σ y + 1), p = sigmoid(logits), the sums over the "
-               "whole batch; the deep-supervision loss is the mean over the heads (not the sum); keep it a "
-               "differentiable tensor (no .item(), no threshold)")
+@exercise("06.3", "ds_loss", points=2)
 def _check_ds_loss(student, g) -> int:
+    """Goal: the paper's loss, ½·BCE − Dice, and deep supervision: the same loss on every head, equal weights
+
+    Hint: notebook 2, section 1 (DLMIA Eq. 2): per head, 0.5 · binary cross-entropy of the logits (mean over pixels)
+    minus the soft Dice (2·Σ p·y + 1) / (Σ p + Σ y + 1), p = sigmoid(logits), the sums over the whole batch; the
+    deep-supervision loss is the mean over the heads (not the sum); keep it a differentiable tensor (no .item(), no
+    threshold)
+    """
     n = 0
     for _ in range(16):
         heads, target = _loss_case(g)
@@ -296,13 +302,15 @@ def lab_claims(scores: dict[int, dict[str, tuple[float, float]]], name: str = "l
     return book.table()
 
 
-@exercise("06.4", "iou_dice", points=3,
-          goal="the segmentation scores (IoU and Dice of binary masks, pooled over pixels), and that this one "
-               "function in the series' evaluation of the pruned levels gives the same claims table",
-          hint="notebook 2, section 4 and notebook 3, section 2: IoU = |P∩Y| / |P∪Y| and Dice = 2|P∩Y| / (|P| + |Y|) "
-               "over all pixels of the two boolean masks; both are 1 when both masks are empty (nothing to find, "
-               "nothing found); return two floats")
+@exercise("06.4", "iou_dice", points=3)
 def _check_iou_dice(student, g) -> int:
+    """Goal: the segmentation scores (IoU and Dice of binary masks, pooled over pixels), and that this one function in
+    the series' evaluation of the pruned levels gives the same claims table
+
+    Hint: notebook 2, section 4 and notebook 3, section 2: IoU = |P∩Y| / |P∪Y| and Dice = 2|P∩Y| / (|P| + |Y|) over all
+    pixels of the two boolean masks; both are 1 when both masks are empty (nothing to find, nothing found); return two
+    floats
+    """
     n = 0
     cases = [(np.zeros((3, 4), bool), np.zeros((3, 4), bool)), (np.zeros(5, bool), np.ones(5, bool))]
     cases += [_mask_pair(g) for _ in range(16)]
@@ -323,11 +331,8 @@ def _check_iou_dice(student, g) -> int:
     models = lab_models(LAB_RUN, seeds)
     reference = lab_scores(None, models)
     mine = course.call(lab_scores, f"the series' evaluation of seeds {seeds} with your scores", student, models)
-    for s in seeds:
-        for key, want in reference[s].items():
-            assert mine[s][key] == want, (
-                f"the series' evaluation (UNet++ DS, filters {LAB_RUN['filters']}, seed {s}) with your scores: "
-                f"{key} gives IoU, Dice = {mine[s][key]}, the reference run {want}")
+    course.same_runs(mine, reference, lambda s: f"the series' evaluation (UNet++ DS, filters {LAB_RUN['filters']}, "
+                                                f"seed {s}) with your scores: (IoU, Dice) of")
     course.same_claims_table(lab_claims(mine), lab_claims(reference), "your scores")
     return n + len(seeds)
 
@@ -337,7 +342,14 @@ def _check_iou_dice(student, g) -> int:
 
 def unetpp_experiment() -> dict[str, Any]:
     """The lab's "predict, then run" experiment, on networks and masks set by hand. Deterministic; each entry is one
-    prediction."""
+    prediction.
+
+    Goal: how many tensors a node concatenates and how wide its block is, whether pruning changes what a head computes,
+    the scale of the deep-supervision loss, and the scores' edge cases
+
+    Hint: notebook 1 (section 1: Eq. 1 and the Keras layers), notebook 2 (section 1: the loss) and notebook 3 (section
+    1: why L^d is the full network's head d) explain them
+    """
     out: dict[str, Any] = {}
     inputs = {kind: reference_inputs(kind, 4)[0] for kind in ("nested", "plus")}
     out["inputs_of_x13_in_unetpp"] = len(inputs["nested"][1, 3])
@@ -363,10 +375,4 @@ def unetpp_experiment() -> dict[str, Any]:
     return out
 
 
-course.predictions_exercise("06.5", unetpp_experiment, points=2,
-                            goal="how many tensors a node concatenates and how wide its block is, whether pruning "
-                                 "changes what a head computes, the scale of the deep-supervision loss, and the "
-                                 "scores' edge cases",
-                            explained="notebook 1 (section 1: Eq. 1 and the Keras layers), notebook 2 (section 1: the "
-                                      "loss) and notebook 3 (section 1: why L^d is the full network's head d) explain "
-                                      "them")
+course.predictions_exercise("06.5", unetpp_experiment)

@@ -58,12 +58,14 @@ def _tie_filters(model: nn.Module, arch: dict[str, Any], g) -> None:
                 conv.weight[j] = -conv.weight[i]
 
 
-@exercise("07.1", "l1_filters_kept", points=2,
-          goal="Li et al.'s criterion: a filter's score is the sum of its absolute weights; the n largest stay",
-          hint="notebook 01, 'The method' (s_j = Σ_l Σ_u,v |F_j(l, u, v)|): sum |w| over the input channels and the "
-               "kernel of each output filter; keep the n_keep largest sums (ties: the lower index stays, a stable "
-               "sort), and return their indices in increasing order")
+@exercise("07.1", "l1_filters_kept", points=2)
 def _check_l1_filters_kept(student, g) -> int:
+    """Goal: Li et al.'s criterion: a filter's score is the sum of its absolute weights; the n largest stay
+
+    Hint: notebook 01, 'The method' (s_j = Σ_l Σ_u,v |F_j(l, u, v)|): sum |w| over the input channels and the kernel of
+    each output filter; keep the n_keep largest sums (ties: the lower index stays, a stable sort), and return their
+    indices in increasing order
+    """
     n = 0
     for i in range(10):
         model, arch = _resnet(g) if i % 3 == 2 else _vgg(g)
@@ -124,14 +126,16 @@ def _set_scales(model: nn.Module, g, ties: bool, signs: bool, starved: bool) -> 
 RATIOS = (0.0, 0.25, 0.3, 0.5, 0.5, 0.6, 0.7, 0.9)
 
 
-@exercise("07.2", "slimming_kept", points=2,
-          goal="network slimming's one global threshold on |γ| over every channel of the network, and the channels "
-               "each layer keeps",
-          hint="notebook 02, 'The method': pool |γ| of every BatchNorm after a conv (prune.conv_bn_pairs) into one "
-               "list; the threshold is its round(ratio·N)-th smallest value (Python's round; none when that is 0); a "
-               "channel stays when |γ| > threshold (strictly); a layer left with none keeps its largest |γ|. Return "
-               "each layer's kept indices in increasing order")
+@exercise("07.2", "slimming_kept", points=2)
 def _check_slimming_kept(student, g) -> int:
+    """Goal: network slimming's one global threshold on |γ| over every channel of the network, and the channels each
+    layer keeps
+
+    Hint: notebook 02, 'The method': pool |γ| of every BatchNorm after a conv (prune.conv_bn_pairs) into one list; the
+    threshold is its round(ratio·N)-th smallest value (Python's round; none when that is 0); a channel stays when |γ| >
+    threshold (strictly); a layer left with none keeps its largest |γ|. Return each layer's kept indices in increasing
+    order
+    """
     n = 0
     for i in range(16):
         model, arch = _vgg(g)
@@ -181,12 +185,14 @@ def _budget_case(g) -> tuple[int, int, int, float | None]:
     return epochs, large, small, cap
 
 
-@exercise("07.3", "scratch_b_epochs", points=1,
-          goal="Scratch-B's budget: the pruned model trains for as many epochs as the large model's computation buys",
-          hint="notebook 01, 'The method': E_B = ⌊E · F_large / F_small⌋ (FLOPs per image; rounded down, as the "
-               "official scripts do); cap, when given, limits the factor F_large / F_small (the paper's ImageNet rule "
-               "caps it at 2), not the epochs; return an int")
+@exercise("07.3", "scratch_b_epochs", points=1)
 def _check_scratch_b_epochs(student, g) -> int:
+    """Goal: Scratch-B's budget: the pruned model trains for as many epochs as the large model's computation buys
+
+    Hint: notebook 01, 'The method': E_B = ⌊E · F_large / F_small⌋ (FLOPs per image; rounded down, as the official
+    scripts do); cap, when given, limits the factor F_large / F_small (the paper's ImageNet rule caps it at 2), not the
+    epochs; return an int
+    """
     n = 0
     for _ in range(40):
         epochs, large, small, cap = _budget_case(g)
@@ -310,16 +316,17 @@ def lab_claims(runs: dict[int, dict[str, Any]], run: dict = LAB_RUN, name: str =
     return book.table()
 
 
-@exercise("07.4", "slim_for_scratch", points=3,
-          goal="what network slimming hands on: a pruned network with inherited weights (to fine-tune), an "
-               "architecture and a budget (to train from scratch); and that they give the series' claims table",
-          hint="notebook 02, 'The architectures slimming finds': remove the channels your slimming_kept finds, for "
-               "real and in place (prune.remove_channels needs a dict conv → kept indices, in the order of "
-               "prune.conv_bn_pairs); the architecture is the large one's spec with the pruned model's conv widths "
-               "(prune.conv_widths); Scratch-B's epochs come from your scratch_b_epochs on the MACs of both "
-               "architectures (R.macs, no cap). It calls your slimming_kept and scratch_b_epochs: 07.2 and 07.3 "
-               "must pass first")
+@exercise("07.4", "slim_for_scratch", points=3)
 def _check_slim_for_scratch(student, g) -> int:
+    """Goal: what network slimming hands on: a pruned network with inherited weights (to fine-tune), an architecture and
+    a budget (to train from scratch); and that they give the series' claims table
+
+    Hint: notebook 02, 'The architectures slimming finds': remove the channels your slimming_kept finds, for real and in
+    place (prune.remove_channels needs a dict conv → kept indices, in the order of prune.conv_bn_pairs); the
+    architecture is the large one's spec with the pruned model's conv widths (prune.conv_widths); Scratch-B's epochs
+    come from your scratch_b_epochs on the MACs of both architectures (R.macs, no cap). It calls your slimming_kept and
+    scratch_b_epochs: 07.2 and 07.3 must pass first
+    """
     n = 0
     for _ in range(6):
         model, arch = _sparse_vgg(g)
@@ -368,8 +375,15 @@ def _check_slim_for_scratch(student, g) -> int:
 
 
 def rethinking_experiment() -> dict[str, Any]:
-    """The lab's "predict, then run" experiment: slimming's threshold on BN scales set by hand, Scratch-B's budget,
-    Li et al.'s pruned ResNet-20-B and VGG-11-A. Deterministic; each entry is one prediction."""
+    """The lab's "predict, then run" experiment: slimming's threshold on BN scales set by hand, Scratch-B's budget, Li
+    et al.'s pruned ResNet-20-B and VGG-11-A. Deterministic; each entry is one prediction.
+
+    Goal: what one global |γ| threshold does with ties, signs and a starved layer; how Scratch-B's budget scales; where
+    a VGG's parameters and FLOPs sit
+
+    Hint: notebook 02 ('The method': the threshold), notebook 01 ('The method': E_B, and the architecture table:
+    parameters and MACs) explain them
+    """
     out: dict[str, Any] = {}
     # two conv–BN layers, ten channels: |γ| = 0.1, 0.2, 0.2, 0.2, 0.5 | 0.9, -0.9, 0.3, 0.6, 0.05
     model = nn.Sequential(nn.Conv2d(1, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 5, 3), nn.BatchNorm2d(5))
@@ -396,8 +410,4 @@ def rethinking_experiment() -> dict[str, Any]:
     return out
 
 
-course.predictions_exercise("07.5", rethinking_experiment, points=2,
-                            goal="what one global |γ| threshold does with ties, signs and a starved layer; how "
-                                 "Scratch-B's budget scales; where a VGG's parameters and FLOPs sit",
-                            explained="notebook 02 ('The method': the threshold), notebook 01 ('The method': E_B, and "
-                                      "the architecture table: parameters and MACs) explain them")
+course.predictions_exercise("07.5", rethinking_experiment)

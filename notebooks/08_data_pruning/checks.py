@@ -39,13 +39,15 @@ def _logits_case(g) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, labels
 
 
-@exercise("08.1", "el2n_scores", points=2,
-          goal="EL2N: the L2 norm of each example's error vector softmax − one-hot, one value per model, averaged "
-               "over the models",
-          hint="notebook 02, section 'Four metrics' (EL2N): for each model r, p = softmax(logits[r]) over the classes "
-               "and EL2N_r = ‖p − onehot(y)‖₂ (the plain norm, not its square, of the probabilities, not the "
-               "logits); the score is the mean of EL2N_r over the R models (average the norms, not the vectors)")
+@exercise("08.1", "el2n_scores", points=2)
 def _check_el2n(student, g) -> int:
+    """Goal: EL2N: the L2 norm of each example's error vector softmax − one-hot, one value per model, averaged over the
+    models
+
+    Hint: notebook 02, section 'Four metrics' (EL2N): for each model r, p = softmax(logits[r]) over the classes and
+    EL2N_r = ‖p − onehot(y)‖₂ (the plain norm, not its square, of the probabilities, not the logits); the score is the
+    mean of EL2N_r over the R models (average the norms, not the vectors)
+    """
     n = 0
     for _ in range(16):
         logits, labels = _logits_case(g)
@@ -168,22 +170,21 @@ def lab_claims(sims: dict[int, dict[str, np.ndarray]], theory: dict[str, np.ndar
     return book.table()
 
 
-@exercise("08.2", "keep_fraction", points=3,
-          goal="pruning by a score: exactly max(1, round(f·n)) examples, the highest scores (hard) or the lowest "
-               "(easy), ties by position; and that this one function in the series' perceptron simulation gives the "
-               "same claims table",
-          hint="notebook 01, section 'The model' (keep hard / keep easy), and data_pruning's convention: a HIGH "
-               "score is a HARD example. Keep k = max(1, round(f·n)) per row (Python's round, half to even; not "
-               "int()), the k highest scores for 'hard' and the k lowest for 'easy', equal scores taken in order of "
-               "position (a stable sort), and return the kept indices of each row in increasing order")
+@exercise("08.2", "keep_fraction", points=3)
 def _check_keep_fraction(student, g) -> int:
-    n = 0
-    for _ in range(40):
+    """Goal: pruning by a score: exactly max(1, round(f·n)) examples, the highest scores (hard) or the lowest (easy),
+    ties by position; and that this one function in the series' perceptron simulation gives the same claims table
+
+    Hint: notebook 01, section 'The model' (keep hard / keep easy), and data_pruning's convention: a HIGH score is a
+    HARD example. Keep k = max(1, round(f·n)) per row (Python's round, half to even; not int()), the k highest scores
+    for 'hard' and the k lowest for 'easy', equal scores taken in order of position (a stable sort), and return the kept
+    indices of each row in increasing order
+    """
+    cases = 40
+    for _ in range(cases):
         score, frac, keep = _score_case(g)
         case = f"keep_fraction(score {course.brief(score)}, frac={frac}, keep={keep!r})"
-        got = _call(student, case, score, frac, keep)
-        n += 1
-        got = torch.as_tensor(got)
+        got = torch.as_tensor(_call(student, case, score, frac, keep))
         want = dp.keep_indices(score, frac, keep)
         k, size = want.shape[-1], score.shape[-1]
         assert got.shape[:-1] == want.shape[:-1] and got.ndim == want.ndim, (
@@ -217,21 +218,23 @@ def _check_keep_fraction(student, g) -> int:
                     f"{np.round(reference[s][name].mean(-1), 4).tolist()} (keep, f, alpha_prune)")
     theory = lab_theory(LAB_RUN)
     course.same_claims_table(lab_claims(mine, theory), lab_claims(reference, theory), "your keep rule")
-    return n + len(seeds)
+    return cases + len(seeds)
 
 
 # ---------------------------------------------------------------- 08.3 · the perceptron theory's test error
 
 
-@exercise("08.3", "theory_error", points=3,
-          goal="the replica theory of the pruned perceptron (perfect metric): the margin condition for u, the "
-               "maximal margin over r, and the test error arccos(R)/π",
-          hint="notebook 01, section 'The theory' (θ = 0): with dp.kept_margins(frac, keep) (nodes z = |margin| ≥ 0 of "
-               "the kept examples, weights summing to 1), F(w) = (1 + w²)Φ(w) + wφ(w) (the SQUARED hinge averaged "
-               "over t), u(r) solves α_prune·Σ weight·F(u − r z) = 1 (brentq: F increases), κ(r) = u(r)/√(1 + r²) is "
-               "maximised over r > 0 (it is unimodal; search log r), R = r/√(1 + r²), error = arccos(R)/π. "
-               "α_prune counts the KEPT examples per dimension (not α_tot)")
+@exercise("08.3", "theory_error", points=3)
 def _check_theory_error(student, g) -> int:
+    """Goal: the replica theory of the pruned perceptron (perfect metric): the margin condition for u, the maximal
+    margin over r, and the test error arccos(R)/π
+
+    Hint: notebook 01, section 'The theory' (θ = 0): with dp.kept_margins(frac, keep) (nodes z = |margin| ≥ 0 of the
+    kept examples, weights summing to 1), F(w) = (1 + w²)Φ(w) + wφ(w) (the SQUARED hinge averaged over t), u(r) solves
+    α_prune·Σ weight·F(u − r z) = 1 (brentq: F increases), κ(r) = u(r)/√(1 + r²) is maximised over r > 0 (it is
+    unimodal; search log r), R = r/√(1 + r²), error = arccos(R)/π. α_prune counts the KEPT examples per dimension (not
+    α_tot)
+    """
     n = 0
     fracs = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
     for i in range(8):
@@ -268,13 +271,15 @@ def _embedding_case(g) -> tuple[torch.Tensor, int, int]:
     return emb, k, course.randint(g, 0, 1000)
 
 
-@exercise("08.4", "prototype_score", points=2,
-          goal="the paper's self-supervised prototype metric: k-means on the normalised embedding, and each "
-               "example's cosine distance to its nearest centroid (far = hard)",
-          hint="notebook 04, section 'The metric' (and notebook 02, 'Four metrics'): L2-normalise every embedding "
-               "row (in float64), cluster the normalised rows with dp.kmeans(z, k, seed), normalise the centroids "
-               "too, then score = 1 − max_c cos(z, centroid_c) (a distance: high = hard) and cluster = that argmax")
+@exercise("08.4", "prototype_score", points=2)
 def _check_prototype_score(student, g) -> int:
+    """Goal: the paper's self-supervised prototype metric: k-means on the normalised embedding, and each example's
+    cosine distance to its nearest centroid (far = hard)
+
+    Hint: notebook 04, section 'The metric' (and notebook 02, 'Four metrics'): L2-normalise every embedding row (in
+    float64), cluster the normalised rows with dp.kmeans(z, k, seed), normalise the centroids too, then score = 1 −
+    max_c cos(z, centroid_c) (a distance: high = hard) and cluster = that argmax
+    """
     n = 0
     for _ in range(8):
         emb, k, seed = _embedding_case(g)
@@ -307,8 +312,15 @@ def _check_prototype_score(student, g) -> int:
 
 
 def pruning_experiment() -> dict[str, Any]:
-    """The lab's "predict, then run" experiment: EL2N at its extremes, a keep count, the hard keep's threshold, and
-    the replica theory at a few points. Deterministic; each entry is one prediction."""
+    """The lab's "predict, then run" experiment: EL2N at its extremes, a keep count, the hard keep's threshold, and the
+    replica theory at a few points. Deterministic; each entry is one prediction.
+
+    Goal: the range of EL2N, how many examples a fraction keeps, the hard keep's margin threshold, and which keep rule
+    the theory prefers with scarce and abundant data
+
+    Hint: notebook 02 ('Four metrics': EL2N), notebook 01 ('The model', 'Easy or hard? It depends on how much data there
+    is', and the learning curves of keeping the hardest below two examples per dimension) explain them
+    """
     out: dict[str, Any] = {}
     wrong = torch.tensor([[0.0, 50.0, 0.0]])  # label 0, all the probability on class 1
     out["el2n_confidently_wrong"] = round(float(dp.el2n(wrong, torch.tensor([0]))[0]), 6)
@@ -337,9 +349,4 @@ def predictions_match(student: Any, measured: dict[str, Any]) -> bool:
     return True
 
 
-course.predictions_exercise("08.5", pruning_experiment, points=2,
-                            goal="the range of EL2N, how many examples a fraction keeps, the hard keep's margin "
-                                 "threshold, and which keep rule the theory prefers with scarce and abundant data",
-                            explained="notebook 02 ('Four metrics': EL2N), notebook 01 ('The model', 'Easy or hard? "
-                                      "It depends on how much data there is', and the learning curves of keeping the "
-                                      "hardest below two examples per dimension) explain them")
+course.predictions_exercise("08.5", pruning_experiment)

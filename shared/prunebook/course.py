@@ -89,9 +89,11 @@ _LOADED: dict[str, Any] = {}  # lab number → its imported checks module
 _FOLDERS: dict[str, Path] = {}  # lab number → the folder its checks came from (or are to come from)
 
 
-def exercise(id: str, name: str, *, points: int = 1, hint: str, goal: str = "", uses_seed: bool = True):
+def exercise(id: str, name: str, *, points: int = 1, hint: str = "", goal: str = "", uses_seed: bool = True):
     """Register the decorated ``check(answer, generator)`` as exercise ``id`` (``"NN.k"``, NN the series number).
-    A lab's ``checks.py`` registers its exercises this way; importing the same file again replaces them."""
+    The check's docstring gives the learning goal and the hint shown on a failure (``Goal: ...``, a blank line,
+    ``Hint: ...``) unless ``goal``/``hint`` are passed. A lab's ``checks.py`` registers its exercises this way;
+    importing the same file again replaces them."""
     if not re.fullmatch(r"\d\d\.\w+", id):
         raise ValueError(f"exercise id {id!r}: write it as NN.k, NN the series number (00.1, 07.2)")
 
@@ -99,20 +101,32 @@ def exercise(id: str, name: str, *, points: int = 1, hint: str, goal: str = "", 
         old = REGISTRY.get(id)
         if old is not None and _source_file(old.run) != _source_file(fn):
             raise ValueError(f"exercise {id} is registered twice ({_source_file(old.run)} and {_source_file(fn)})")
-        REGISTRY[id] = Exercise(id, name, points, hint, fn, goal, uses_seed)
+        doc_goal, doc_hint = _goal_and_hint(fn)
+        REGISTRY[id] = Exercise(id, name, points, hint or doc_hint, fn, goal or doc_goal, uses_seed)
         return fn
 
     return register
 
 
+def _goal_and_hint(fn: Callable) -> tuple[str, str]:
+    """``Goal: ...`` and ``Hint: ...`` from a check's docstring, each on one line ("" where absent)."""
+    parts = {"Goal": "", "Hint": ""}
+    for block in inspect.cleandoc(fn.__doc__ or "").split("\n\n"):
+        label, _, text = block.partition(": ")
+        if label in parts:
+            parts[label] = " ".join(text.split())
+    return parts["Goal"], parts["Hint"]
+
+
 PREDICT = "run the experiment cell after the question and read each number; "
 
 
-def predictions_exercise(id: str, experiment: Callable[[], dict[str, Any]], *, goal: str, explained: str,
-                         points: int = 2) -> None:
+def predictions_exercise(id: str, experiment: Callable[[], dict[str, Any]], *, points: int = 2) -> None:
     """Register a "predict, then run" exercise ``id``: the student's dict ``predictions`` against what
-    ``experiment()`` measures (:func:`compare_predictions`). ``explained`` ends the hint: the notebook sections that
-    explain each number."""
+    ``experiment()`` measures (:func:`compare_predictions`). The experiment's docstring gives the learning goal
+    (``Goal: ...``) and the end of the hint (``Hint: ...``, the notebook sections that explain each number)."""
+    goal, explained = _goal_and_hint(experiment)
+
     def check(student: Any, generator: Any) -> str:
         return compare_predictions(student, experiment())
 
@@ -233,6 +247,16 @@ def compare_predictions(student: Any, measured: dict[str, Any]) -> str:
              if student[k] != v or (isinstance(v, bool) and type(student[k]) is not bool)]
     assert not wrong, f"{len(wrong)} of {len(measured)} predictions differ from the run: " + "; ".join(wrong)
     return "run"
+
+
+def same_runs(mine: dict, reference: dict, where: Callable[[Any], str], names: Sequence[str] | None = None) -> None:
+    """An integration exercise's runs with the student's function against the reference runs, number by number:
+    ``{run: {name: value}}`` (only ``names`` where given); the first that differs is named, ``where(run)`` saying
+    which run it is."""
+    for run, want in reference.items():
+        for name in names or want:
+            assert mine[run][name] == want[name], (f"{where(run)}: {name} = {mine[run][name]}, the reference run "
+                                                   f"gives {want[name]}")
 
 
 def same_claims_table(got: Any, want: Any, with_what: str) -> None:
