@@ -282,8 +282,7 @@ def start_weight(snapshot: dict[str, torch.Tensor], model: nn.Module, module: nn
 
 # ================================================================================================ experiments
 
-CODE_VERSION = 2  # part of every cache key: bump when a change here changes results
-# 2: rows gain the channel-level dynamic and static DNR (the other numbers are those of version 1)
+NAMESPACE = "01_ap"  # the cache's: this series' code is part of every key (prunebook.cache.path_for)
 
 # The arms compared at equal sparsity. "X" is the base method alone; the others add AP's share p2 of each round.
 ARMS = {
@@ -390,11 +389,11 @@ def imp_run(run: dict, *, data_root: str | None = None, device: str = "cpu", pro
         raise ValueError(f"unknown model, method or arm in {run}; models {MODELS}, methods {METHODS}, "
                          f"arms {tuple(ARMS)}")
     key = _run_key(run)
-    return cache.cached("ap/run", key, lambda: _imp_run(key, data_root, device, progress))
+    return cache.cached(f"{NAMESPACE}/run", key, lambda: _imp_run(key, data_root, device, progress))
 
 
 def _run_key(run: dict) -> dict:
-    return {**run, "ap": ARMS[run["arm"]], "version": CODE_VERSION}
+    return {**run, "ap": ARMS[run["arm"]]}
 
 
 def _round_key(run: dict, r: int) -> dict:
@@ -431,7 +430,7 @@ def _imp_run(key: dict, data_root: str | None, device: str, progress: bool) -> l
             row.update({f"static_{k}" if k != "never_active" else k: v for k, v in static.items()})
             return {"state": model.state_dict(), "row": row}
 
-        done = cache.cached("ap/round", _round_key(key, r), compute)
+        done = cache.cached(f"{NAMESPACE}/round", _round_key(key, r), compute)
         train.load_model_state(model, done["state"])
         return done["row"]
 
@@ -444,7 +443,7 @@ def network_after(run: dict, r: int, *, data_root: str | None = None, device: st
     """The network of ``run`` at the end of round ``r``'s training (its masks included), from the cache; the rounds
     up to ``r`` are run first if they are not there."""
     imp_run({**run, "rounds": r}, data_root=data_root, device=device, progress=progress)
-    state = cache.load(cache.path_for("ap/round", _round_key(run, r)))["state"]
+    state = cache.load(cache.path_for(f"{NAMESPACE}/round", _round_key(run, r)))["state"]
     return train.load_model_state(initial_network(run), state)
 
 
@@ -537,7 +536,7 @@ def code_momentum_run(run: dict, *, data_root: str | None = None, device: str = 
     if run["method"] != "lth":
         raise ValueError("the momentum control follows the official code's lottery-ticket procedure: method='lth'")
     key = {**_run_key(run), "control": "code-momentum"}
-    return cache.cached("ap/momentum", key, lambda: _code_momentum_run(key, data_root, device, progress))
+    return cache.cached(f"{NAMESPACE}/momentum", key, lambda: _code_momentum_run(key, data_root, device, progress))
 
 
 def _code_momentum_run(key: dict, data_root: str | None, device: str, progress: bool) -> list[dict]:

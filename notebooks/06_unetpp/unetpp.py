@@ -29,17 +29,13 @@ import torch.nn.functional as F
 from prunebook import data, display, prune, train
 from torch import nn
 
-NAMESPACE = "unetpp"
+NAMESPACE = "06_unetpp"  # the cache's: this series' code is part of every key
 PAPER_FILTERS = (32, 64, 128, 256, 512)
 PAPER_WIDE_FILTERS = (35, 70, 140, 280, 560)
 # parameter counts printed in the official Keras code's comments / stated in DLMIA 2018 Table 3
 KERAS_PARAMS = {"U-Net": 7_759_521, "UNet++": 9_041_601, "wide U-Net": 9_282_246}
 PAPER_PARAMS = {"U-Net": 7.76e6, "wide U-Net": 9.13e6, "UNet++": 9.04e6}
 ARCHS = ("U-Net", "wide U-Net", "UNet+", "UNet++", "UNet++ DS")
-# Part of every cached training's key: bump it when a change alters what a training returns, so that older
-# cached runs are not reused. 2: the heads' bias starts at the training set's foreground prior; 3: their weights
-# start small (set_head_prior), and the nuclei split's test strip moves with the seed (spatial_split's fold).
-CODE_VERSION = 3
 
 
 # ---------------------------------------------------------------- the network
@@ -569,7 +565,7 @@ def predict_arrays(model: NestedUNet, images: np.ndarray, level: int | None = No
 def run_key(arch: str, model_kw: dict[str, Any], recipe: Recipe, data_key: Any, seed: int,
             prior: float | None = None) -> dict[str, Any]:
     return {"arch": arch, "model": model_kw, "recipe": recipe.key(), "data": data_key, "seed": seed,
-            "head_prior": None if prior is None else round(float(prior), 6), "code": CODE_VERSION}
+            "head_prior": None if prior is None else round(float(prior), 6)}
 
 
 def foreground_fraction(masks) -> float:
