@@ -149,6 +149,57 @@ def test_lagrangian_sign_pushes_toward_the_target():
     assert lag(torch.tensor(0.5), 0.5).item() == 0.0
 
 
+def test_lagrangian_term_by_hand():
+    # λ₁(ŝ − t) + λ₂(ŝ − t)² at ŝ = 0.25, t = 0.5, λ₁ = −2, λ₂ = 4: −2·(−0.25) + 4·0.0625 = 0.75
+    value = V.lagrangian_term(torch.tensor(0.25), 0.5, torch.tensor(-2.0), torch.tensor(4.0))
+    assert value.item() == 0.75
+    assert V.lagrangian_term(torch.tensor(0.5), 0.5, torch.tensor(-2.0), torch.tensor(4.0)).item() == 0.0
+    lag = V.Lagrangian()
+    with torch.no_grad():
+        lag.lambda_1.fill_(-2.0)
+        lag.lambda_2.fill_(4.0)
+    assert lag(torch.tensor(0.25), 0.5).item() == 0.75  # the module is the function with its two multipliers
+
+
+def test_compression_loss_adds_its_three_terms():
+    # 𝓛 = 𝓛_distil + γ·KL + Lagrangian term: 1.5 + 0.01·20 + (−0.25) = 1.45
+    loss = V.compression_loss(torch.tensor(1.5, dtype=torch.float64), torch.tensor(20.0, dtype=torch.float64),
+                              torch.tensor(-0.25, dtype=torch.float64), 0.01)
+    assert loss.item() == pytest.approx(1.45, abs=1e-15)
+    assert V.compression_loss(torch.tensor(1.5), torch.tensor(20.0), torch.tensor(0.0), 0.0).item() == 1.5
+
+
+def test_in_window_and_linear_decay():
+    w = (0.008, 0.001)  # TVA-Prune's window at t = 0.5: [t − 0.008, t + 0.001]
+    assert V.in_window(0.5, 0.5, w) and V.in_window(0.4925, 0.5, w) and V.in_window(0.5005, 0.5, w)
+    assert not V.in_window(0.49, 0.5, w) and not V.in_window(0.502, 0.5, w)
+    assert [V.linear_decay(k, 4) for k in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+
+
+def test_distill_loss_by_hand():
+    # T²·KL(p_t ‖ p_s) with T = 2 on logits (0, 0) vs (2 ln 3, 0): p_s = (½, ½), p_t = (¾, ¼)
+    student = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    teacher = torch.tensor([[2 * math.log(3.0), 0.0]], dtype=torch.float64)
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert V.distill_loss(student, teacher).item() == pytest.approx(4 * kl, rel=1e-12)
+
+
+def test_schedule_and_its_fields_give_the_same_compression():
+    ids, teacher, labels = _toy_task()
+    fields = dict(steps=4, warmup=1, batch_size=8, mask_lr=0.1, lambda_lr=0.1, weight_lr=1e-3, clip=1.0,
+                  window=(1.0, 1.0), eval_gap=2)
+    a, b = tiny(dtype=torch.float32).train(), tiny(dtype=torch.float32).train()
+    common = dict(target=0.3, seed=0, kl_weight=1e-3, val=(ids[:8], labels[:8]))
+    ha = V.compress(a, ids, teacher, V.Schedule(**fields), **common)
+    hb = V.compress(b, ids, teacher, **fields, **common)
+    assert [r["soft"] for r in ha] == [r["soft"] for r in hb] and ha[-1]["selected"] == hb[-1]["selected"]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    cfg = V.SETUP["cpu"]
+    sc = V.schedule(cfg, 0.5)
+    assert (sc.steps, sc.warmup, sc.batch_size, sc.window, sc.eval_gap) == (512, 51, 4, (0.008, 0.001), 10)
+    assert sc.weight_lr == cfg["weight_lr"] and V.schedule(cfg, 0.5, train_weights=False).weight_lr == 0.0
+
+
 def test_target_warmup():
     assert [V.target_sparsity(s, 10, 0.6) for s in (0, 5, 10, 20)] == pytest.approx([0.0, 0.3, 0.6, 0.6])
     assert V.target_sparsity(3, 0, 0.6) == 0.6

@@ -12,7 +12,8 @@ The package, one concern a module (``import vtrans as V`` gives every public nam
 - ``bert``: a BERT encoder with masks on hidden (embedding) dimensions, attention heads, FFN neurons and whole
   MHA / FFN sublayers, :class:`MaskedBert`, built from a ``transformers`` BERT by :func:`from_hf`.
 - ``sizes``: :func:`size_formula` (parameters, embeddings included), :func:`count_params`, :func:`full_size`,
-  :func:`hard_size`, :func:`expected_size`, :func:`sparsity`; the Lagrangian :class:`Lagrangian`,
+  :func:`hard_size`, :func:`expected_size`, :func:`sparsity`; the Lagrangian's term
+  :func:`lagrangian_term` and its multipliers :class:`Lagrangian`,
   :func:`lagrangian_optimizer`, :func:`target_sparsity`; :func:`macs`, :func:`latency`, :func:`shaped_like`.
 - ``slicing``: the keep vectors (:func:`keeps`, :func:`apply_keep`, :func:`kept_counts`), the baselines' scores
   (:func:`magnitude_scores`, :func:`importance_scores`, :func:`random_scores`) and keep sets (:func:`keep_top`,
@@ -22,10 +23,11 @@ The package, one concern a module (``import vtrans as V`` gives every public nam
 - ``data``: :func:`load_minilm`, :func:`load_model`, :func:`load_tokenizer` (offline MiniLM-L6), :func:`load_mr`
   (Rotten Tomatoes sentences), :func:`load_imdb`, :func:`load_bbc`, :func:`load_glue`, :func:`encode`,
   :func:`make_batches` (dynamic padding, length-bucketed batches), :func:`batch_stream`, :func:`task_data`.
-- ``train``: :func:`compress` (the pruning phase), :func:`finetune`, :func:`distill_loss`, :func:`predict`,
-  :func:`accuracy`, TVA-Prune's :func:`window_for` and :func:`kl_multipliers`.
+- ``train``: the pruning phase's equations (:func:`distill_loss`, :func:`compression_loss`, :func:`in_window`,
+  :func:`linear_decay`), :func:`compress` (the pruning phase) and its :class:`Schedule`, :func:`finetune`,
+  :func:`predict`, :func:`accuracy`, TVA-Prune's :func:`window_for` and :func:`kl_multipliers`.
 - ``runs``: the cached runs shared by notebooks 2-4: :data:`SETUP`, :func:`teacher`, :func:`student`,
-  :func:`compress_run`, :func:`baseline_run`, :func:`time_schedules`.
+  :func:`schedule`, :func:`compress_run`, :func:`baseline_run`, :func:`time_schedules`.
 - ``probing``: notebook 4's probing of heads: :func:`keywords`, :func:`head_attention`, :func:`kept_heads`,
   :func:`crossing_step`, :func:`auc`.
 
@@ -101,6 +103,7 @@ from .runs import (
     baseline_run,
     compress_run,
     matched_steps,
+    schedule,
     student,
     teacher,
     time_schedules,
@@ -113,6 +116,7 @@ from .sizes import (
     full_size,
     hard_size,
     lagrangian_optimizer,
+    lagrangian_term,
     latency,
     macs,
     shaped_like,
@@ -132,19 +136,32 @@ from .slicing import (
     slice_model,
 )
 from .toy import ffn_inputs, pooled_activations, sample_pooled
-from .train import accuracy, compress, distill_loss, finetune, kl_multipliers, predict, window_for
+from .train import (
+    Schedule,
+    accuracy,
+    compress,
+    compression_loss,
+    distill_loss,
+    finetune,
+    in_window,
+    kl_multipliers,
+    linear_decay,
+    predict,
+    window_for,
+)
 
 __all__ = [  # every public name of the modules, as one flat namespace
     'Attention', 'BBC', 'BETA', 'COMPRESS_VERSION', 'DATA_KEYS', 'FFN', 'GLUE_SINGLE', 'HC_DROP_INIT', 'HC_HIGH',
     'HC_LOW', 'HC_TEMPERATURE', 'HardConcreteMask', 'INIT_STD', 'KINDS', 'LOG_SIGMA2_INIT', 'Lagrangian', 'Layer',
-    'MINILM', 'MOVIE_REVIEWS', 'MU_INIT', 'Mask', 'MaskedBert', 'NAMESPACE', 'RUN_KEYS', 'SETUP', 'Shape',
-    'TEACHER_KEYS', 'TextSet', 'VIBMask', 'accuracy', 'apply_keep', 'auc', 'baseline_run', 'batch_stream',
-    'compress', 'compress_run', 'count_params', 'crossing_step', 'distill_loss', 'encode', 'expected_size',
-    'ffn_inputs', 'finetune', 'from_hf', 'full_size', 'hard_size', 'head_attention', 'importance_scores',
+    'MINILM', 'MOVIE_REVIEWS', 'MU_INIT', 'Mask', 'MaskedBert', 'NAMESPACE', 'RUN_KEYS', 'SETUP', 'Schedule', 'Shape',
+    'TEACHER_KEYS', 'TextSet', 'VIBMask', 'accuracy', 'apply_keep', 'auc', 'baseline_run', 'batch_stream', 'compress',
+    'compress_run', 'compression_loss', 'count_params', 'crossing_step', 'distill_loss', 'encode', 'expected_size',
+    'ffn_inputs', 'finetune', 'from_hf', 'full_size', 'hard_size', 'head_attention', 'importance_scores', 'in_window',
     'installed_dir', 'keep_like', 'keep_top', 'keeps', 'kept_counts', 'kept_heads', 'keywords', 'kl_multipliers',
-    'lagrangian_optimizer', 'latency', 'layer_norm_kept', 'load_bbc', 'load_glue', 'load_imdb', 'load_minilm',
-    'load_model', 'load_mr', 'load_tokenizer', 'log_alpha', 'macs', 'magnitude_scores', 'make_batches',
-    'matched_steps', 'minilm_path', 'pad_batch', 'pooled_activations', 'predict', 'random_scores', 'sample_pooled',
-    'shaped_like', 'size_formula', 'slice_model', 'sparsity', 'stratified_split', 'stratified_subset', 'student',
-    'target_sparsity', 'task_data', 'teacher', 'time_schedules', 'warmup_steps', 'window_for',
+    'lagrangian_optimizer', 'lagrangian_term', 'latency', 'layer_norm_kept', 'linear_decay', 'load_bbc', 'load_glue',
+    'load_imdb', 'load_minilm', 'load_model', 'load_mr', 'load_tokenizer', 'log_alpha', 'macs', 'magnitude_scores',
+    'make_batches', 'matched_steps', 'minilm_path', 'pad_batch', 'pooled_activations', 'predict', 'random_scores',
+    'sample_pooled', 'schedule', 'shaped_like', 'size_formula', 'slice_model', 'sparsity', 'stratified_split',
+    'stratified_subset', 'student', 'target_sparsity', 'task_data', 'teacher', 'time_schedules', 'warmup_steps',
+    'window_for'
 ]

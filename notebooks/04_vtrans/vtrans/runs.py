@@ -11,15 +11,15 @@ import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import prunebook
 import torch
+from prunebook import cache
 
 from .bert import MaskedBert, Shape
 from .data import batch_stream, load_model, stratified_subset, task_data
 from .masks import KINDS, HardConcreteMask, Mask, VIBMask
 from .sizes import count_params, full_size, sparsity
 from .slicing import apply_keep, importance_scores, keep_like, kept_counts, magnitude_scores, random_scores, slice_model
-from .train import accuracy, compress, finetune, kl_multipliers, predict, window_for
+from .train import Schedule, accuracy, compress, finetune, kl_multipliers, predict, window_for
 
 NAMESPACE = "04_vtrans"
 
@@ -77,6 +77,17 @@ def warmup_steps(cfg, target: float) -> int:
     return round(cfg["steps"] * cfg["warmup_frac"] * (2 if target > 0.6 else 1))
 
 
+def schedule(cfg, target: float, train_weights: bool = True) -> Schedule:
+    """The pruning phase's :class:`Schedule` at profile ``cfg`` for ``target``: the profile's steps, batch (the
+    ``prune_batch``), learning rates and clipping, :func:`warmup_steps`, TVA-Prune's :func:`window_for` checked
+    every ``eval_gap`` steps; the weights co-trained at ``weight_lr`` when ``train_weights`` (VTrans), else frozen
+    (Faster-VTrans)."""
+    return Schedule(steps=cfg["steps"], warmup=warmup_steps(cfg, target), batch_size=cfg["prune_batch"],
+                    mask_lr=cfg["mask_lr"], lambda_lr=cfg["lambda_lr"],
+                    weight_lr=cfg["weight_lr"] if train_weights else 0.0, clip=cfg["clip"],
+                    window=window_for(target), eval_gap=cfg["eval_gap"])
+
+
 def matched_steps(cfg, run: dict) -> int:
     """Fine-tuning steps (batches of ``batch_size``) that see as many examples as a compression run did in all,
     pruning and finetuning phase: the baselines' budget."""
@@ -105,7 +116,7 @@ def teacher(cfg) -> dict:
         return {"state": model.cpu().state_dict(), "train_logits": logits, "wall": time.perf_counter() - t0,
                 "acc": accuracy(model, *d["test"]), "shape": dataclasses.asdict(model.shape)}
 
-    return prunebook.cache.cached(f"{NAMESPACE}/teacher", _pick(cfg, TEACHER_KEYS), compute)
+    return cache.cached(f"{NAMESPACE}/teacher", _pick(cfg, TEACHER_KEYS), compute)
 
 
 def student(cfg, kinds: Iterable[str] = KINDS, mask: type[Mask] = VIBMask) -> MaskedBert:
@@ -120,16 +131,12 @@ def student(cfg, kinds: Iterable[str] = KINDS, mask: type[Mask] = VIBMask) -> Ma
     return model
 
 
-# The import inside stays as the notebooks show this function's text (prunebook.show), so that a rerun shows
-# what the committed outputs show.
 def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS, mask: str = "vib",
                  train_weights: bool = True, fraction: float = 1.0) -> dict:
     """One compression, cached: the pruning phase (:func:`compress`) on the training subset (or a stratified
     ``fraction`` of it: Fast/Faster-VTrans), slicing, then the finetuning phase on the same data (the sliced model's
     weights, distilled from the teacher; none when ``train_weights`` is False: Faster-VTrans). ``mask``: "vib" or
     "l0" (:class:`HardConcreteMask`)."""
-    from prunebook import cache
-
     key = _pick(cfg, RUN_KEYS) | {"target": target, "seed": seed, "kinds": sorted(kinds), "mask": mask,
                                   "train_weights": train_weights, "fraction": fraction, "code": COMPRESS_VERSION}
 
@@ -142,12 +149,10 @@ def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS,
         torch.manual_seed(seed)  # the masks' initial jitter
         model = student(cfg, kinds, {"vib": VIBMask, "l0": HardConcreteMask}[mask]).to(_device(cfg))
         t0 = time.perf_counter()
-        common = dict(target=target, steps=cfg["steps"], seed=seed, mask_lr=cfg["mask_lr"],
-                      lambda_lr=cfg["lambda_lr"], kl_weight=cfg["kl_weight"] if mask == "vib" else 0.0,
-                      weight_lr=cfg["weight_lr"] if train_weights else 0.0, desc=f"{mask} t={target:g} seed {seed}")
-        hist = compress(model, ids, logits, warmup=warmup_steps(cfg, target), batch_size=cfg["prune_batch"],
-                        kl_mult=kl_multipliers(target, len(model.layers)), clip=cfg["clip"],
-                        window=window_for(target), eval_gap=cfg["eval_gap"], val=d["val"], **common)
+        hist = compress(model, ids, logits, schedule(cfg, target, train_weights), target=target, seed=seed,
+                        kl_weight=cfg["kl_weight"] if mask == "vib" else 0.0,
+                        kl_mult=kl_multipliers(target, len(model.layers)), val=d["val"],
+                        desc=f"{mask} t={target:g} seed {seed}")
         t_prune = time.perf_counter() - t0
         model.eval().set_mask_mode("weighted")
         counts = kept_counts(model)
@@ -195,10 +200,9 @@ def time_schedules(cfg, *, target: float, seed: int, fraction: float, steps: int
             torch.manual_seed(seed)
             model = student(cfg).to(_device(cfg))
             t0 = time.perf_counter()
-            compress(model, a_ids, a_logits, target=target, steps=steps, warmup=warmup_steps(cfg, target),
-                     batch_size=cfg["prune_batch"], seed=seed, mask_lr=cfg["mask_lr"], lambda_lr=cfg["lambda_lr"],
-                     kl_weight=cfg["kl_weight"], kl_mult=kl_multipliers(target, len(model.layers)), clip=cfg["clip"],
-                     weight_lr=wlr, window=None)
+            plan = dataclasses.replace(schedule(cfg, target, wlr > 0), steps=steps, window=None)
+            compress(model, a_ids, a_logits, plan, target=target, seed=seed, kl_weight=cfg["kl_weight"],
+                     kl_mult=kl_multipliers(target, len(model.layers)))
             per_step[arm].append((time.perf_counter() - t0) / steps)
             if arm == "VTrans":
                 small = slice_model(model.eval().set_mask_mode("weighted"))
@@ -218,14 +222,10 @@ def _soft_at(hist: list[dict]) -> float:
     return hist[(sel or len(hist)) - 1]["soft"]
 
 
-# The import inside stays as the notebooks show this function's text (prunebook.show), so that a rerun shows
-# what the committed outputs show.
 def baseline_run(cfg, *, method: str, counts: dict[str, list[int]], steps: int, seed: int) -> dict:
     """A one-shot baseline, cached: the teacher pruned by ``method``'s scores ("magnitude", "importance" on the
     first 8 training batches, "random") to the per-structure ``counts`` of a compressed model, sliced, then
     fine-tuned (distilled) for ``steps`` steps, the steps its compressed counterpart trained in all."""
-    from prunebook import cache
-
     key = _pick(cfg, TEACHER_KEYS) | {"method": method, "counts": counts, "steps": steps, "seed": seed,
                                       "finetune_lr": cfg["finetune_lr"]}
 

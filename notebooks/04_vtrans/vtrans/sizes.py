@@ -72,10 +72,18 @@ def sparsity(size, full: int):
     return 1 - size / full
 
 
+def lagrangian_term(s_hat: torch.Tensor, t: float, lambda_1: torch.Tensor, lambda_2: torch.Tensor) -> torch.Tensor:
+    """The size constraint's term λ₁(ŝ − t) + λ₂(ŝ − t)² (CoFi, TVA-Prune)."""
+    # ŝ − t: how far the expected sparsity ŝ (embeddings included) lies from the target t
+    d = s_hat - t
+    # λ₁(ŝ − t): the linear multiplier; + λ₂(ŝ − t)²: the quadratic one
+    return lambda_1 * d + lambda_2 * d * d
+
+
 class Lagrangian(nn.Module):
-    """λ₁(ŝ − t) + λ₂(ŝ − t)² (CoFi, TVA-Prune). The model minimises it, the λ's maximise it (see
-    :func:`lagrangian_optimizer`): while the model is less sparse than the target, λ₁ goes negative and the term
-    rewards sparsity; past the target, the reverse."""
+    """The two multipliers λ₁, λ₂ of :func:`lagrangian_term`, both starting at 0. The model minimises the term, the
+    λ's maximise it (see :func:`lagrangian_optimizer`): while the model is less sparse than the target, λ₁ goes
+    negative and the term rewards sparsity; past the target, the reverse."""
 
     def __init__(self):
         super().__init__()
@@ -83,8 +91,7 @@ class Lagrangian(nn.Module):
         self.lambda_2 = nn.Parameter(torch.zeros(()))
 
     def forward(self, s_hat: torch.Tensor, target: float) -> torch.Tensor:
-        d = s_hat - target
-        return self.lambda_1 * d + self.lambda_2 * d * d
+        return lagrangian_term(s_hat, target, self.lambda_1, self.lambda_2)
 
 
 def lagrangian_optimizer(lag: Lagrangian, lr: float = 0.1) -> torch.optim.Optimizer:
