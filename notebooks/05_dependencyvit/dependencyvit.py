@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from prunebook import data, prune, train
+from prunebook import config, data, prune, train
 from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -355,7 +355,9 @@ def build(kind: str = "dependencyvit", dataset: str = "fashion_mnist", **kwargs)
 def train_run(make, train_set: data.ImageSet, test_set: data.ImageSet, recipe: dict, key: dict, seed: int,
               device: str = "cpu", desc: str = "train") -> dict:
     """One cached training of ``make()`` (:func:`prunebook.train.cached_run`; ``key`` must hold everything the
-    result depends on): the test accuracy and loss, the history, the training speed and the trained state."""
+    result depends on): the test accuracy and loss, the history, the training speed and the trained state. A dry run
+    of the paper profile trains one epoch of its stand-in set (:data:`DRY_IMAGES`: two paper-size batches)."""
+    recipe = {**recipe, "epochs": config.dry_steps(recipe["epochs"], 1)}
 
     def fit(model, checkpoint):
         return train.fit(model, train_set, **recipe, device=device, seed=seed, desc=desc, progress_bar=False,
@@ -783,12 +785,17 @@ def _shapes(n: int, seed: int, variant: str, size: int, patch: int, layouts) -> 
 SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 
 
+DRY_IMAGES = 512  # a dry run's split sizes: two batches of the paper profile's 256
+
+
 @functools.lru_cache(maxsize=16)  # the notebooks ask for the same splits again and again; nothing mutates them
 def shapes_split(split: str, n: int, variant: str = "easy", patch: int = 4, objects: int = 1) -> Shapes:
     """The ``n`` images of one split of PartShapes (``objects=1``) or of the two-object set (``objects=2``): each
     split has its own generator seed (:data:`SPLIT_SEEDS`), so test images are never training images, and the
-    first ``n`` images of a split are the same whatever ``n``."""
+    first ``n`` images of a split are the same whatever ``n``. A dry run of the paper profile draws at most
+    :data:`DRY_IMAGES`."""
     make = {1: part_shapes, 2: two_objects}[objects]
+    n = config.dry_steps(n, DRY_IMAGES)
     return make(n, SPLIT_SEEDS[split], variant, patch)
 
 
