@@ -142,6 +142,22 @@ def test_fused_step_matches_autograd(with_dropout):
         assert torch.allclose(grads[k].transpose(1, 2), rg, atol=1e-7, rtol=1e-4), k
 
 
+def test_the_model_equations_by_hand():
+    # h = U e_m + V e_n, φ(h) = h², f = W φ(h) on one model with N = 2 neurons and p = 3
+    U = torch.tensor([[[1.0, 2.0, 3.0], [0.0, -1.0, 1.0]]])  # (B, N, p)
+    V = torch.tensor([[[0.5, 0.0, -2.0], [1.0, 1.0, 1.0]]])
+    W = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, -1.0]]])  # (B, p, N)
+    h = gk.embed(U[:, :, [2]], V[:, :, [0]]).transpose(1, 2)  # m = 2, n = 0: U's column 2 plus V's column 0
+    assert h.tolist() == [[[3.5, 2.0]]]
+    a = gk.activation(h)
+    assert a.tolist() == [[[12.25, 4.0]]]
+    assert gk.readout(a, W.transpose(1, 2)).tolist() == [[[12.25, 4.0, 20.5]]]
+    assert torch.equal(gk.forward({"U": U, "V": V, "W": W}, torch.tensor([2]), torch.tensor([0])),
+                       torch.tensor([[[12.25, 4.0, 20.5]]]))
+    buf = torch.empty(1, 1, 2)
+    assert gk.activation(h.contiguous(), out=buf) is buf and buf.tolist() == [[[12.25, 4.0]]]
+
+
 def test_forward_shared_and_per_model_indices_agree():
     params, m, n, y, _ = _small_batch()
     shared = gk.forward(params, m[0], n[0])

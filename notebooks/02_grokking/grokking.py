@@ -9,6 +9,8 @@ weights carry a leading model axis, so one batched matrix product trains a whole
 Main pieces
 - :func:`modular_task` — the dataset and its corruption (``seed=0`` gives the official split: pairs shuffled with
   seed 420, the first ``int(xi * n_train)`` training examples relabelled by ``torch.randint`` under seed 0).
+- :func:`embed`, :func:`activation`, :func:`readout` — Eq. 1 term by term, shared by :func:`forward` (autograd)
+  and :func:`fused_step` (gradients by hand).
 - :func:`init_params`, :func:`forward`, :func:`adamw_update`, :func:`train` — the stacked model and its training.
 - :func:`ipr`, :func:`neuron_ipr` — the inverse participation ratio of weights in Fourier space (Eqs. 3–4).
 - :func:`analytic_params` — the hand-built periodic solution (Eq. 2).
@@ -131,6 +133,30 @@ def init_params(seeds: Sequence[int], p: int = P, width: int = WIDTH, batchnorm:
     return {k: v.to(device) for k, v in params.items()}
 
 
+# ----------------------------------------------------------------------------------------------- the model (Eq. 1)
+# f(m, n) = W φ(U e_m + V e_n), φ(x) = x², as three small functions that both :func:`forward` (autograd) and
+# :func:`fused_step` (gradients by hand) call; ``out`` lets the trainer reuse its buffers.
+
+
+def embed(u_m: torch.Tensor, v_n: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The pre-activations h = U e_m + V e_n, from the looked-up columns u_m = U e_m and v_n = V e_n."""
+    # U e_m: a one-hot e_m picks column m of U, so the product is a lookup (done by the caller)
+    # h = U e_m + V e_n
+    return torch.add(u_m, v_n, out=out)
+
+
+def activation(h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The MLP's nonlinearity φ(h) = h², elementwise."""
+    # φ(h) = h²
+    return torch.mul(h, h, out=out)
+
+
+def readout(a: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The outputs f = W a for every example: (B, batch, N) @ (B, N, p) -> (B, batch, p), ``w_t`` = Wᵀ."""
+    # f_q = Σ_k W_qk a_k: the rows of a times Wᵀ
+    return torch.matmul(a, w_t, out=out)
+
+
 def forward(params: dict[str, torch.Tensor], m: torch.Tensor, n: torch.Tensor, *,
             bn_state: dict[str, torch.Tensor] | None = None, training: bool = False,
             dropout_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,16 +169,16 @@ def forward(params: dict[str, torch.Tensor], m: torch.Tensor, n: torch.Tensor, *
     """
     U, V, W = params["U"], params["V"], params["W"]
     if m.dim() == 1:
-        h = (U[:, :, m] + V[:, :, n]).transpose(1, 2)  # (B, batch, N)
+        h = embed(U[:, :, m], V[:, :, n]).transpose(1, 2)  # (B, batch, N)
     else:
         b = torch.arange(U.shape[0], device=U.device)[:, None]
-        h = U.transpose(1, 2)[b, m] + V.transpose(1, 2)[b, n]
+        h = embed(U.transpose(1, 2)[b, m], V.transpose(1, 2)[b, n])
     if dropout_scale is not None:
         h = h * dropout_scale
-    a = h * h
+    a = activation(h)
     if bn_state is not None:
         a = batchnorm(a, params["gamma"], params["beta"], bn_state, training)
-    return a @ W.transpose(1, 2)
+    return readout(a, W.transpose(1, 2))
 
 
 def batchnorm(a: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, state: dict[str, torch.Tensor],
@@ -223,11 +249,11 @@ def fused_step(E: dict[str, torch.Tensor], m: torch.Tensor, n: torch.Tensor, one
         for b in range(B):
             torch.index_select(E["U"][b], 0, m if shared else m[b], out=h[b])
             torch.index_select(E["V"][b], 0, n if shared else n[b], out=a[b])
-    h.add_(a)
+    embed(h, a, out=h)  # h = U e_m + V e_n
     if dropout_scale is not None:
         h.mul_(dropout_scale)
-    torch.mul(h, h, out=a)
-    torch.bmm(a, E["W"], out=out)
+    activation(h, out=a)  # a = φ(h) = h²
+    readout(a, E["W"], out=out)  # f = W a
     out.sub_(onehot)
     loss = torch.linalg.vector_norm(out, dim=(1, 2)) ** 2 / (nb * p)
     out.mul_(2.0 / (nb * p))
@@ -260,8 +286,10 @@ def ipr(x: torch.Tensor, dim: int = -1, r: int = 2, full_fft: bool = False) -> t
     coefficient, so its IPR is 1; a full FFT splits it evenly between frequencies +k and -k, giving 1/2.
     """
     x = x if x.dtype == torch.float64 else x.float()
+    # x̃ = rfft(x) (or the full DFT), and |x̃_j|²
     c = torch.fft.fft(x, dim=dim) if full_fft else torch.fft.rfft(x, dim=dim)
     c2 = c.abs() ** 2
+    # IPR = Σ_j |x̃_j|^(2r) / (Σ_j |x̃_j|²)^r (the clamp keeps an all-zero vector at 0, not NaN)
     return (c2 ** r).sum(dim) / (c2.sum(dim) ** r).clamp_min(torch.finfo(c2.dtype).tiny)
 
 
@@ -270,7 +298,9 @@ def neuron_ipr(params: dict[str, torch.Tensor], parts: bool = False):
 
     With ``parts=True`` also returns the three separately.
     """
+    # IPR(U_k·), IPR(V_k·), IPR(W_·k): rows of U and V, columns of W
     u, v, w = ipr(params["U"], dim=-1), ipr(params["V"], dim=-1), ipr(params["W"], dim=-2)
+    # IPR_k = ⅓ (IPR(U_k·) + IPR(V_k·) + IPR(W_·k))
     k = (u + v + w) / 3
     return (k, {"U": u, "V": v, "W": w}) if parts else k
 
