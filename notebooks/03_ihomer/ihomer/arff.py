@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from prunebook.data import missing_dataset, search_roots
+from prunebook.config import dry_run_requested
+from prunebook.data import missing_dataset, search_roots, stand_in_multilabel
 from river.stream import iter_arff
 
 from .streams import MLStream, drifting_blocks, yeast
@@ -28,6 +29,17 @@ PAPER_DATASETS = {
     "Nuswidec": ["nuswidec", "nus-wide-cvladplus", "nuswide_cvladplus"],
     "Imdb": ["imdb"],
 }
+
+# (features, labels) of each dataset as the KDIS repository lists them, for a dry run's stand-in streams only;
+# Hypercube's (the one synthetic set) could not be checked here: 100 features and 10 labels are assumed.
+DIMENSIONS = {
+    "Flags": (19, 7), "WaterQuality": (16, 14), "Emotions": (72, 6), "VirusGO": (749, 6), "Birds": (260, 19),
+    "Yeast": (103, 14), "Scene": (294, 6), "Human": (440, 14), "Yelp": (671, 5), "Medical": (1449, 45),
+    "Eukaryote": (440, 22), "Slashdot": (1079, 22), "Enron": (1001, 53), "Hypercube": (100, 10),
+    "Langlog": (1004, 75), "Stackex": (585, 227), "Tmc": (500, 22), "Ohsumed": (1002, 23), "D20ng": (1006, 20),
+    "Bibtex": (1836, 159), "Nuswidec": (128, 81), "Imdb": (1001, 28),
+}
+DRY_INSTANCES = 200  # a dry run's stand-in streams: the datasets' dimensions, a few hundred instances
 
 DATA_HOW_TO = ("download the datasets' ARFF files from the KDIS multi-label repository "
                "(https://www.uco.es/kdis/mllresources/, MEKA format, one <name>.arff per dataset; MULAN files need "
@@ -128,7 +140,14 @@ def find_arff(dataset: str, data_root: str | os.PathLike | None = None) -> Path:
 
 
 def paper_dataset(dataset: str, data_root: str | os.PathLike | None = None) -> MLStream:
-    """One of the paper's 22 datasets from a local ARFF file (see :func:`find_arff`)."""
+    """One of the paper's 22 datasets from a local ARFF file (see :func:`find_arff`). In a dry run of the paper profile
+    (and only then): a random stand-in stream with the dataset's dimensions (:data:`DIMENSIONS`)."""
+    if dry_run_requested():
+        n_features, n_labels = DIMENSIONS.get(dataset, (100, 10))
+        X, Y = stand_in_multilabel(DRY_INSTANCES, n_features, n_labels, seed=sorted(DIMENSIONS).index(dataset)
+                                   if dataset in DIMENSIONS else 0)
+        return MLStream(dataset, X, Y, [f"x{j}" for j in range(n_features)], [f"Class{j}" for j in range(n_labels)],
+                        {"file": "stand-in (dry run)"})
     return load_arff(find_arff(dataset, data_root), name=dataset)
 
 
