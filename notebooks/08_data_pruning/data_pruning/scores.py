@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from prunebook import cache, train
+from prunebook.config import dry_run_requested, dry_steps
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from torch import nn
 
@@ -144,7 +145,12 @@ def supervised_scores(model_fn, train_set, *, runs: int, epochs: int, score_epoc
     - ``correct``: the ``runs×epochs×n`` history of correct predictions (for plots);
     - ``el2n_runs``: each run's own EL2N (``runs×n``), to see how noisy one run is.
 
-    Each run is cached separately under ``cache_name`` when given."""
+    Each run is cached separately under ``cache_name`` when given. A dry run of the paper profile trains one epoch,
+    scores after it and takes GraNd on 32 examples."""
+    if dry_run_requested():
+        epochs = score_epoch = dry_steps(epochs, 1)
+        grand_examples = dry_steps(grand_examples or len(train_set), 32)
+
     def one_run(r: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(seed * 1000 + r)
         model = model_fn().to(device)
