@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 import torch
 import torch.nn.functional as F
-from prunebook import data, display, prune, train
+from prunebook import config, data, display, prune, train
 from torch import nn
 
 NAMESPACE = "06_unetpp"  # the cache's: this series' code is part of every key
@@ -36,6 +36,8 @@ PAPER_WIDE_FILTERS = (35, 70, 140, 280, 560)
 KERAS_PARAMS = {"U-Net": 7_759_521, "UNet++": 9_041_601, "wide U-Net": 9_282_246}
 PAPER_PARAMS = {"U-Net": 7.76e6, "wide U-Net": 9.13e6, "UNet++": 9.04e6}
 ARCHS = ("U-Net", "wide U-Net", "UNet+", "UNet++", "UNet++ DS")
+# a dry run's stand-in sets (DSB2018, the outline shapes): enough for a 70/10/20 split and a paper-size batch of 16
+DRY_IMAGES = 64
 
 
 # ---------------------------------------------------------------- the network
@@ -321,7 +323,9 @@ def outline_shapes(n: int, size: int = 96, r_min: float = 3, r_max: float = 30, 
     Each image has one scale: a radius r drawn log-uniformly from [r_min, r_max] and 1-``max_objects`` ellipses
     (one when r > 20) with semi-axes
     r·U(0.75, 1) and r·U(0.6, 1) (max 1), placed inside the image without overlap. Returns images (n, 1, size,
-    size) float32, masks (n, 1, size, size) float32, radius (n,)."""
+    size) float32, masks (n, 1, size, size) float32, radius (n,). A dry run of the paper profile draws at most
+    :data:`DRY_IMAGES` (the paper's image sizes, two batches' worth)."""
+    n = config.dry_steps(n, DRY_IMAGES)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     imgs = np.empty((n, 1, size, size), np.float32)
@@ -394,10 +398,20 @@ def _find(data_root, names: list[str]) -> tuple[Path | None, list[str]]:
     return None, tried
 
 
+def stand_in_segmentation(n: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random grey images (``prunebook.data.stand_in_images``) with masks of their brightest pixels, in the shapes
+    of :func:`load_dsb2018`: for a dry run only (the code path at the paper's shapes, no meaningful number)."""
+    x = data.stand_in_images(n, (1, size, size), 2, seed=seed, name="segmentation-stand-in").x.numpy()
+    return {"images": x.astype(np.float32), "masks": (x > 0.85).astype(np.float32)}
+
+
 def load_dsb2018(data_root, size: int = 96, limit: int = 0) -> dict[str, np.ndarray]:
     """DSB2018 stage-1 training set (670 images): ``stage1_train/<id>/images/<id>.png`` and
     ``stage1_train/<id>/masks/*.png`` (one PNG per nucleus), each resized to ``size``×``size`` as in the paper.
-    Returns images (n, 1, size, size) in [0, 1] (grey), masks (n, 1, size, size) {0, 1}."""
+    Returns images (n, 1, size, size) in [0, 1] (grey), masks (n, 1, size, size) {0, 1}. A dry run of the paper
+    profile gets :func:`stand_in_segmentation` of that shape instead (:data:`DRY_IMAGES` images)."""
+    if config.dry_run_requested():
+        return stand_in_segmentation(DRY_IMAGES, size)
     root, tried = _find(data_root, ["stage1_train", "dsb2018/stage1_train", "DSB2018/stage1_train"])
     if root is None:
         raise data.missing_dataset("DSB2018 stage-1 train (670 nuclei images)", tried,
@@ -420,7 +434,10 @@ def load_dsb2018(data_root, size: int = 96, limit: int = 0) -> dict[str, np.ndar
 
 def load_isbi_em(data_root) -> dict[str, np.ndarray]:
     """ISBI 2012 EM segmentation: ``train-volume.tif`` and ``train-labels.tif`` (30 images 512×512; label 255 =
-    cell interior, 0 = membrane). Returns images (30, 1, 512, 512) in [0, 1] and masks (interior = 1)."""
+    cell interior, 0 = membrane). Returns images (30, 1, 512, 512) in [0, 1] and masks (interior = 1). A dry run
+    of the paper profile gets :func:`stand_in_segmentation` of that shape instead."""
+    if config.dry_run_requested():
+        return stand_in_segmentation(30, 512)
     root, tried = _find(data_root, ["isbi2012", "ISBI2012", "."])
     if root is None or not (root / "train-volume.tif").exists():
         raise data.missing_dataset("ISBI 2012 EM (train-volume.tif, train-labels.tif)", tried,
@@ -483,7 +500,9 @@ def fit(model: NestedUNet, batches: Batches, recipe: Recipe, seed: int, device: 
         desc: str = "train", progress_bar: bool = True) -> dict[str, Any]:
     """Adam on the (deep-supervision) loss. With ``val`` = (images, masks) and ``recipe.val_every``, the weights
     with the lowest validation loss are kept and training stops after ``recipe.patience`` evaluations without
-    improvement (the paper's early stopping)."""
+    improvement (the paper's early stopping). A dry run of the paper profile takes two steps and validates after
+    each (so the early-stopping path runs too)."""
+    steps, val_every = config.dry_steps(recipe.steps), config.dry_steps(recipe.val_every, 1)
     g = torch.Generator().manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
@@ -493,8 +512,8 @@ def fit(model: NestedUNet, batches: Batches, recipe: Recipe, seed: int, device: 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / recipe.steps)) if cosine else 1.0)
     history, best, bad, t0 = [], (math.inf, None, 0), 0, time.time()
-    bar = display.progress(total=recipe.steps, desc=desc, enabled=progress_bar)
-    for step in range(1, recipe.steps + 1):
+    bar = display.progress(total=steps, desc=desc, enabled=progress_bar)
+    for step in range(1, steps + 1):
         x, y = batches(recipe.batch_size, g)
         loss = deep_supervision_loss(model(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
@@ -503,7 +522,7 @@ def fit(model: NestedUNet, batches: Batches, recipe: Recipe, seed: int, device: 
         sched.step()
         history.append(loss.item())
         bar.update(1)
-        if val is not None and recipe.val_every and step % recipe.val_every == 0:
+        if val is not None and val_every and step % val_every == 0:
             vloss = validation_loss(model, *val, device=device)
             model.train()
             if vloss < best[0]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from prunebook import data, models, prune, train
+from prunebook.config import dry_run_requested, dry_steps
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -63,9 +64,15 @@ class Data:
         return self.train.num_classes
 
 
+DRY_IMAGES = 128  # a dry run's training and test sets: two batches of the paper's 64
+
+
 def load_data(dataset: str, n_train: int, n_test: int, data_root: str | None = None, seed: int = 0) -> Data:
     """``fashion_mnist`` (1×28×28, kept at its own size) or ``cifar10``/``cifar100`` (3×32×32), standardised with
-    the training subset's statistics. ``n_train``/``n_test`` of 0 keep the whole split; subsets are stratified."""
+    the training subset's statistics. ``n_train``/``n_test`` of 0 keep the whole split; subsets are stratified. A
+    dry run of the paper profile keeps :data:`DRY_IMAGES` of each (its CIFAR is stand-in data)."""
+    if dry_run_requested():
+        n_train, n_test = (dry_steps(n or DRY_IMAGES, DRY_IMAGES) for n in (n_train, n_test))
     if dataset == "fashion_mnist":
         full_train, full_test = data.fashion_mnist("train", data_root), data.fashion_mnist("test", data_root)
     elif dataset in data.CIFAR:
@@ -413,7 +420,9 @@ def train_run(tag: str, key: dict[str, Any], make_model: Callable[[], nn.Module]
     run and the pruning); the cache key adds the recipe, data and seed. ``torch.manual_seed(seed)`` runs just
     before ``make_model``, so a fresh initialisation is fixed by the seed. ``l1_bn`` adds network slimming's
     penalty λ·Σ|γ| on BN scales. Returns the test accuracy and loss, the history, the trained weights (CPU),
-    the architecture, parameter and MAC counts, and the seconds spent training."""
+    the architecture, parameter and MAC counts, and the seconds spent training. A dry run of the paper profile
+    trains one epoch (two steps of its stand-in set)."""
+    recipe = recipe.but(epochs=dry_steps(recipe.epochs, 1))
     config = {"tag": tag, **key, "recipe": recipe.key(), "data": dataset.key, "seed": seed, "l1_bn": l1_bn}
 
     def fit(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
