@@ -637,7 +637,8 @@ def latency_rounds(model: NestedUNet, levels, batch: int, size: int = 96, rounds
                    warmup: int = 2, device: str = "cpu") -> np.ndarray:
     """Seconds per forward pass, shape (rounds, levels), of ``model`` pruned to each level, on a batch of random
     ``size``×``size`` images: ``prunebook.prune.latency_rounds`` times the levels side by side, so they can be
-    compared pairwise, round by round."""
+    compared pairwise, round by round. A dry run of the paper profile times two rounds of one repeat."""
+    rounds, repeats = config.dry_steps(rounds), config.dry_steps(repeats, 1)
     model = model.to(device).eval()
     x = torch.randn(batch, 1, size, size, device=device)
     times = prune.latency_rounds({level: (lambda level=level: model(x, level)) for level in levels}, rounds, repeats,
