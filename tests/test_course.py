@@ -53,16 +53,16 @@ def test_record_lab_writes_each_check_with_its_seed_and_time(in_series, monkeypa
     assert "at seed 3 in" in record["claims"][0]["measured"] and set(record["metrics"]["check_seconds"]) == {"00.1"}
 
 
-def test_the_claims_report_leaves_lab_records_out(tmp_path):
+def test_the_claims_report_leaves_lab_records_and_dry_runs_out(tmp_path):
     import json
 
     from prunebook import report
 
-    folder = tmp_path / "notebooks" / "99_x" / "results" / "cpu"
-    folder.mkdir(parents=True)
-    for name in ("01_a", "exercises"):
+    for profile, name in (("cpu", "01_a"), ("cpu", "exercises"), ("paper-dry", "01_b")):
+        folder = tmp_path / "notebooks" / "99_x" / "results" / profile
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{name}.json").write_text(json.dumps({"series": "99_x", "notebook": name, "claims": []}))
-    assert [r["notebook"] for r in report.read_results(tmp_path)] == ["01_a"]
+    assert [r["notebook"] for r in report.read_results(tmp_path)] == ["01_a"]  # no lab record, no dry run
 
 
 def test_an_unknown_exercise_lists_the_known_ones():

@@ -99,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not series:
         print("no series yet: notebooks/ has no series folder (NN_name/) with notebooks in it")
         return 0
-    results = {(r["series"], r["notebook"], r["profile"]): r for r in profile_results(root)}
+    results = {(r["series"], r["notebook"], r["profile"]): r for r in read_results(root)}
     for name, notebooks in series.items():
         print(f"{name}  ({len(notebooks)} notebooks)")
         for nb in notebooks:
@@ -436,18 +436,12 @@ def print_outcome(result: dict[str, Any], root: Path, prefix: str = "    ") -> N
 # ---------------------------------------------------------------- report
 
 
-def profile_results(root: Path, profile: str | None = None) -> list[dict[str, Any]]:
-    """The results files of ``profile``, or of every profile: never a dry run's (``results/paper-dry/``), whose
-    files say ``"profile": "paper"`` but hold numbers from stand-in data."""
-    return [r for p in ([profile] if profile else PROFILES) for r in read_results(root, p)]
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     root = repo_root()
     if not all_series(root):
         print("no series yet: there are no claims to report")
         return 0
-    results = profile_results(root, args.profile)
+    results = read_results(root, args.profile)
     if not results:
         which = f"at {args.profile} " if args.profile else ""
         print(f"no results {which}yet: run `prunebook run --profile {args.profile or 'cpu'}` first")

@@ -16,9 +16,12 @@ from .config import PROFILES
 
 
 def read_results(root: Path, profile: str | None = None) -> list[dict[str, Any]]:
-    """The committed results (``notebooks/<series>/results/<profile>/``), of one profile or all; the labs' records
-    (``exercises.json``, see :func:`prunebook.course.record_lab`) are teaching, not evidence, and stay out."""
-    paths = [p for p in sorted((root / "notebooks").glob("*/results/*/*.json")) if p.name != "exercises.json"]
+    """The committed results (``notebooks/<series>/results/<profile>/``), of one profile or all. Left out: the labs'
+    records (``exercises.json``, see :func:`prunebook.course.record_lab`: teaching, not evidence) and any folder not
+    named after a profile, such as a dry run's ``paper-dry`` (its files say ``"profile": "paper"`` but hold numbers
+    from stand-in data)."""
+    paths = [p for p in sorted((root / "notebooks").glob("*/results/*/*.json"))
+             if p.name != "exercises.json" and p.parent.name in PROFILES]
     return _read_json(root, paths, profile, lambda path: path.parent.name)
 
 
