@@ -266,7 +266,7 @@ def same_claims_table(got: Any, want: Any, with_what: str) -> None:
                               f"{got.to_string()}\nwanted:\n{want.to_string()}")
 
 
-def record_lab(outcomes: dict[str, tuple[str, bool]] | None = None) -> Path:
+def record_lab(outcomes: dict[str, tuple[str, bool]] | None = None) -> None:
     """Write the lab's ``results/<profile>/exercises.json``: its wall time and, as checks, every exercise checked in
     this kernel (passed or not, at which seed, in how many seconds), plus what its integration and "predict, then
     run" exercises found on this run, e.g. ``{"05.4": ("the patched pipeline's claims table equals the reference
@@ -279,7 +279,7 @@ def record_lab(outcomes: dict[str, tuple[str, bool]] | None = None) -> Path:
                  f"{'passed' if passed else 'failed'} at seed {seed} in {seconds:.1f} s", holds=passed, kind="check")
     for ex_id, (text, ok) in (outcomes or {}).items():
         book.add(ex_id, text, f"exercise {ex_id}", paper=None, holds=bool(ok), kind="check")
-    return book.save(metrics={"check_seconds": {k: round(v[2], 2) for k, v in sorted(CHECKED.items())}})
+    book.save(metrics={"check_seconds": {k: round(v[2], 2) for k, v in sorted(CHECKED.items())}})  # prints its line
 
 
 def brief(t: Any) -> str:
