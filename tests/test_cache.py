@@ -114,3 +114,10 @@ def test_a_series_cache_key_holds_its_method_code(tmp_path, monkeypatch):
     assert cache.path_for("99_x/run", {"seed": 0}) != before  # the code changed: recomputed
     assert cache.path_for("no_series/run", {"seed": 0}).parent.name == "no_series"  # no folder: no code part
     cache.method_hash.cache_clear()
+
+
+def test_method_files_leave_out_a_labs_checks_and_editor_copies(tmp_path):
+    (tmp_path / "pkg" / ".ipynb_checkpoints").mkdir(parents=True)
+    for name in ("method.py", "checks.py", "pkg/a.py", "pkg/.ipynb_checkpoints/a-checkpoint.py"):
+        (tmp_path / name).write_text("X = 1\n")
+    assert [p.relative_to(tmp_path).as_posix() for p in cache.method_files(tmp_path)] == ["method.py", "pkg/a.py"]

@@ -42,13 +42,19 @@ def key(namespace: str, config: Any) -> str:
     return f"{namespace}-{config_hash([CACHE_VERSION, namespace, config])}"
 
 
+def method_files(folder: Path) -> list[Path]:
+    """A series folder's method code: its module or package (``.py`` files), without a course lab's ``checks.py``
+    (it makes no result) or editor and interpreter copies (``.ipynb_checkpoints``, ``__pycache__``)."""
+    return sorted(p for p in folder.rglob("*.py") if p.name != "checks.py"
+                  and not {".ipynb_checkpoints", "__pycache__"} & set(p.relative_to(folder).parts))
+
+
 def code_hash(source: str | Path) -> str:
     """A series' method code, as a cache key part: a hash of the syntax trees of the module file ``source`` (or of
-    every ``.py`` file of the package folder ``source``, a lab's ``checks.py`` aside), with docstrings dropped, so
-    that a change to what the code does recomputes its cached results and a change to its comments or layout
-    does not."""
+    the :func:`method_files` of the folder ``source``), with docstrings dropped, so that a change to what the code
+    does recomputes its cached results and a change to its comments or layout does not."""
     source = Path(source)
-    files = sorted(p for p in source.rglob("*.py") if p.name != "checks.py") if source.is_dir() else [source]
+    files = method_files(source) if source.is_dir() else [source]
     h = hashlib.sha256()
     for path in files:
         tree = ast.parse(path.read_text())

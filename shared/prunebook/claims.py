@@ -487,9 +487,7 @@ def provenance(series: Path) -> dict[str, str]:
                                 text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown (not a git checkout)"
-    # the method module (or package); a course lab's checks.py beside it makes no result
-    method = sorted(p for p in series.rglob("*.py") if p.name != "checks.py" and
-                    not {".ipynb_checkpoints", "__pycache__"} & set(p.parts))
+    method = cache.method_files(series)
     return {"commit": commit,
             "method": ", ".join(str(p.relative_to(series)) for p in method),
             "method_sha256": _sha256(method),
