@@ -143,9 +143,24 @@ def test_dry_run_of_the_paper_profile(monkeypatch, capsys, tmp_path):
     assert cfg.key() == plain.key()  # an attribute, not a setting
     assert "DRY RUN" in capsys.readouterr().out
     assert config.dry_steps(300) == config.DRY_STEPS and config.dry_steps(1) == 1 and config.dry_steps(9, 3) == 3
+    assert config.dry_grid([0.1, 0.5, 0.9, 0.99]) == [0.1, 0.99] and config.dry_grid([3]) == [3]
     monkeypatch.chdir(tmp_path)
     assert config.output_dir("results", "paper") == tmp_path / "results" / "paper-dry"
     assert config.output_dir("figures", "paper") == tmp_path / "figures" / "paper-dry"
+
+
+def test_dry_run_cuts_seed_counts_and_nothing_else(monkeypatch):
+    """Seeds are repetitions, not the paper's shapes: a dry run runs two of each count; models and sizes stay."""
+    table = {**WITH_PAPER, "paper": {**WITH_PAPER["paper"], "n_seeds": 16, "cnn_seeds": 5, "teacher_seeds": 1,
+                                     "tune_seeds": [100, 101, 102], "width": 512}}
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    cfg = config.resolve(table, "paper", n_seeds=9, verbose=False)
+    assert (cfg.n_seeds, cfg.cnn_seeds, cfg.teacher_seeds) == (2, 2, 1)
+    assert cfg.tune_seeds == [100, 101, 102] and cfg.width == 512 and cfg.epochs == 160
+    assert config.dry_grid([0.1, 0.5, 0.9]) == [0.1, 0.9]
+    monkeypatch.delenv("PRUNEBOOK_DRY_RUN")
+    assert config.resolve(table, "paper", verbose=False).n_seeds == 16
+    assert config.dry_grid([0.1, 0.5, 0.9]) == [0.1, 0.5, 0.9]
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu"])

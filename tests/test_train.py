@@ -25,6 +25,22 @@ def test_fit_learns_and_is_deterministic():
     assert h1[-1]["train_acc"] > 0.95 and h1[-1]["train_loss"] < h1[0]["train_loss"]
 
 
+def test_a_dry_run_trains_only_the_first_steps_of_the_schedule(monkeypatch):
+    ds = _blobs()  # 200 images: 7 batches of 32 an epoch
+    full = train.fit(_mlp(), ds, epochs=5, batch_size=32, lr=0.05, progress_bar=False)
+    steps = []
+
+    class Count(train.Callback):
+        def after_step(self, state):
+            steps.append(state.scheduler.get_last_lr()[0])
+
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    dry = train.fit(_mlp(), ds, epochs=5, batch_size=32, lr=0.05, callbacks=[Count()], progress_bar=False)
+    assert len(full) == 5 and len(dry) == 2 and len(steps) == 4
+    cosine = train.make_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.05), "cosine", 5, 7)
+    assert steps[0] == pytest.approx(cosine.lr_lambdas[0](1) * 0.05)  # the paper's 35-step schedule, not 4 steps'
+
+
 def test_evaluate_and_validation_history():
     ds = _blobs()
     model = _mlp()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import claims
-from .config import DRY_RUN_DIR, DRY_RUN_ENV, DRY_STEPS, PROFILES, checkout
+from .config import DRY_RUN_DIR, DRY_RUN_ENV, DRY_SEEDS, DRY_STEPS, PROFILES, checkout
 from .display import kernel_manager_class, one_line
 from .report import read_results, read_seed_results, report_markdown, seeds_markdown
 
@@ -187,8 +187,8 @@ DRY_RUN_BANNER = (
     "> **Dry run on stand-in data, not a result.** This copy ran the notebook's `paper` configuration with "
     "`prunebook run --profile paper --dry-run`: the paper's models at full size and the paper's input shapes, class "
     "counts and sequence lengths, but random stand-in data in place of the paper's datasets, every training cut to "
-    f"{DRY_STEPS} steps and every evaluation to a batch or two (stand-in sets are small, and where a paper-size "
-    "batch made a CPU step too slow the configuration printed below says which batch was cut).\n>\n"
+    f"{DRY_STEPS} steps, every evaluation to a batch or two, every count of seeds to {DRY_SEEDS} and long grids to "
+    "their two ends (stand-in sets are small, so a paper-size batch may hold fewer examples).\n>\n"
     "> What it proves: the paper's code path runs at the paper's shapes, from loading to the claims table, on "
     "this machine's device. What it does not prove: anything about the paper. Every number, figure and verdict "
     "below comes from random data and a few steps, and means nothing."

@@ -33,6 +33,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DRY_RUN_ENV = "PRUNEBOOK_DRY_RUN"
 DRY_RUN_DIR = "paper-dry"  # the results/figures folder (and cache folder) of a dry run
 DRY_STEPS = 2  # a dry run's trainings take this many steps (epochs, iterations), evaluations this many batches
+DRY_SEEDS = 2  # a dry run's seed counts (settings named n_seeds or *_seeds): two, so paired statistics still run
 
 PROFILE_HELP = {
     "smoke": "CI size, under a minute; proves nothing about the paper",
@@ -92,6 +93,20 @@ def dry_steps(n: int, steps: int = DRY_STEPS) -> int:
     """``n`` (epochs, iterations, evaluation batches), cut to ``steps`` in a dry run; ``n`` itself otherwise. The
     one place where the paper's schedules are shortened, used where the training loops are."""
     return min(n, steps) if dry_run_requested() else n
+
+
+def dry_grid(values: list) -> list:
+    """A grid of settings (sparsities, budgets, ratios): in a dry run only its first and last points, which still
+    run every branch between them; all of it otherwise."""
+    values = list(values)
+    return values[:1] + values[-1:] if dry_run_requested() and len(values) > 2 else values
+
+
+def dry_cut(name: str, value: Any) -> Any:
+    """A setting as a dry run uses it: seed counts (an int named ``n_seeds`` or ``*_seeds``) cut to
+    :data:`DRY_SEEDS`; every other setting, the models and shapes among them, unchanged."""
+    is_count = isinstance(value, int) and not isinstance(value, bool)
+    return min(value, DRY_SEEDS) if is_count and name.endswith("_seeds") else value
 
 
 def _check_type(name: str, value: Any, default: Any, choices: dict[str, Any]) -> Any:
@@ -164,6 +179,8 @@ def resolve(
         if name in choices:
             _check_type(name, value, None, choices)
 
+    if dry_run:
+        values = {name: dry_cut(name, value) for name, value in values.items()}
     cfg = Config(profile=profile, seed=seed, **values)
     cfg["device"] = str(pick_device(device))
     cfg["data_root"] = None if data_root is None else str(data_root)
@@ -190,7 +207,8 @@ def describe(cfg: Config) -> str:
     width = max(map(len, cfg))
     lines = [f"profile {cfg.profile!r}: {PROFILE_HELP[cfg.profile]}"]
     if cfg.dry_run:
-        lines.append(f"  DRY RUN: stand-in data of the paper's shapes, trainings cut to {DRY_STEPS} steps; it shows "
+        lines.append(f"  DRY RUN: stand-in data of the paper's shapes, trainings cut to {DRY_STEPS} steps, "
+                     f"seed counts to {DRY_SEEDS}; it shows "
                      f"that the code path runs, and no number it prints means anything")
     lines += [f"  {k:<{width}} = {v!r}" for k, v in cfg.items() if k != "profile"]
     return "\n".join(lines)
