@@ -245,3 +245,14 @@ def test_results_name_the_code_that_made_them(in_series):
     second = claims.provenance(in_series)
     assert second["method_sha256"] != first["method_sha256"]
     assert second["prunebook_sha256"] == first["prunebook_sha256"] and len(second["method_sha256"]) == 16
+
+
+def test_a_dry_runs_results_say_so(in_series, monkeypatch, capsys):
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    config.resolve({**CONFIGS, "paper": CONFIGS["cpu"]}, "paper", verbose=False)
+    table = prunebook.Claims("01_demo")
+    table.add("c", "x", "y", paper=1, kind="check", holds=True)
+    saved = json.loads(table.save().read_text())
+    assert saved["profile"] == "paper" and saved["dry_run"] is True
+    assert "in a dry run (which proves nothing)" in capsys.readouterr().out
+    assert table.path().parent.name == "paper-dry"

@@ -334,9 +334,9 @@ def plan(settings: dict, model: str, *, arm: str = "X", method: str = "lth", see
     base method and a seed."""
     run = {**{k: v for k, v in settings[model].items() if k != "seeds"}, "model": model, "arm": arm,
            "method": method, "seed": seed}
-    if config.dry_run_requested():  # a dry run: two training steps, one evaluation batch, the paper's shapes
+    if config.dry_run_requested():  # a dry run: one training step a round, one evaluation batch, the paper's shapes
         batch = run["batch_size"]
-        run.update(n_train=config.dry_steps(run["n_train"], 2 * batch), n_test=config.dry_steps(run["n_test"], batch),
+        run.update(n_train=config.dry_steps(run["n_train"], batch), n_test=config.dry_steps(run["n_test"], batch),
                    epochs=config.dry_steps(run["epochs"], 1), dnr_images=config.dry_steps(run["dnr_images"], batch))
     return run
 

@@ -407,6 +407,7 @@ class Claims:
             "series": config.series_dir().name,
             "notebook": self.notebook,
             "profile": self.cfg.profile,
+            **({"dry_run": True} if getattr(self.cfg, "dry_run", False) else {}),  # stand-in data: no verdict counts
             "seed": self.cfg.seed,
             "wall_s": round(time.time() - getattr(self.cfg, "started", time.time()), 1),
             "versions": versions(self.cfg.device),
@@ -416,8 +417,9 @@ class Claims:
             "metrics": _plain(metrics or {}),
         }
         path = cache.save_json(result, self.path())
-        if self.cfg.profile == "smoke":
-            print(f"{len(self.claims)} claims computed at smoke (which proves nothing); wrote {path.name}")
+        if self.cfg.profile == "smoke" or result.get("dry_run"):
+            which = "in a dry run" if result.get("dry_run") else "at smoke"
+            print(f"{len(self.claims)} claims computed {which} (which proves nothing); wrote {path.name}")
         else:
             print(f"{summary(result['claims'])} at {self.cfg.profile}; wrote {path.name}")
         return path
