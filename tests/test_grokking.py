@@ -217,6 +217,19 @@ def test_batchnorm_and_minibatch_training_run():
     assert np.isfinite(run.acc["test"]).all()
 
 
+
+def test_a_dry_run_trains_two_steps_and_files_late_snapshots_under_the_step_asked_for(monkeypatch):
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    tasks = [gk.modular_task(13, 0.5, 0.3, seed=0)]
+    run = gk.train(tasks, steps=500, seeds=[0], width=16, log_every=10, snapshot_steps=(0, 1, 300, 500))
+    assert list(run.steps) == [0, 1, 2] and set(run.snapshots) == {0, 1, 300, 500}
+    assert torch.equal(run.snapshots[500]["W"], run.params["W"])
+    assert torch.equal(run.snapshots[300]["U"], run.params["U"])
+    monkeypatch.delenv("PRUNEBOOK_DRY_RUN")
+    full = gk.train(tasks, steps=5, seeds=[0], width=16, log_every=10, snapshot_steps=(0, 9))
+    assert list(full.steps) == [0, 1, 5] and set(full.snapshots) == {0}  # outside a dry run: only steps it reaches
+
+
 # ---------------------------------------------------------------------------------------------- pruning
 
 

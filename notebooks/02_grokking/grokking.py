@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from prunebook.config import dry_steps
 
 P = 97
 WIDTH = 500
@@ -448,7 +449,12 @@ def train(tasks: Sequence[ModularTask], *, steps: int, seeds: Sequence[int],
     ``weight_decay`` and ``dropout`` take one value for all models or one per model. We score every model on all
     p*p pairs at step 0, step 1, every ``log_every`` steps and the last; ``progress`` is a tqdm-like factory.
     Plain networks use :func:`fused_step`; BatchNorm ones use autograd through :func:`forward`.
+    A dry run (:func:`prunebook.config.dry_steps`) trains only the first steps of the schedule; a snapshot asked for
+    past them is taken at its last step and still filed under the step asked for.
     """
+    planned = steps
+    steps = dry_steps(steps)
+    snapshot_at = [(min(s, steps) if steps < planned else s, s) for s in snapshot_steps]  # (taken at, filed as)
     device = torch.device(device)
     B = len(tasks)
     if len(seeds) != B:
@@ -493,8 +499,9 @@ def train(tasks: Sequence[ModularTask], *, steps: int, seeds: Sequence[int],
         hist["ipr"].append(k_ipr.mean(-1))
         if record_neuron_ipr:
             hist["nipr"].append(k_ipr.astype(np.float32))
-        if step in snapshot_steps:
-            snapshots[step] = {k: v.cpu().clone() for k, v in _flip(E).items()}
+        for at, asked in snapshot_at:
+            if step == at:
+                snapshots[asked] = {k: v.cpu().clone() for k, v in _flip(E).items()}
 
     with _one_thread_without_subnormals(device):
         t0 = time.perf_counter()
