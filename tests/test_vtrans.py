@@ -671,3 +671,53 @@ def test_task_data_holds_validation_sentences_outside_the_training_subset():
     train, val = {tuple(x) for x in d["train"][0]}, {tuple(x) for x in d["val"][0]}
     assert len(train & val) <= 1  # other sentences (MR repeats a handful of texts)
     assert V.task_data(dict(cfg, n_val=0))["val"][0] == []
+
+
+# ---------------------------------------------------------------- the paper profile's dry run
+
+
+def test_glue_stands_in_only_in_a_dry_run(monkeypatch):
+    monkeypatch.delenv("PRUNEBOOK_DRY_RUN", raising=False)
+    assert V.task_classes("mr") == V.task_classes("sst2") == V.task_classes("cola") == 2
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    ts = V.load_glue("sst2", "train", max_len=128)
+    assert len(ts) == len(ts.ids) == V.DRY_EXAMPLES and ts.classes == ["negative", "positive"]
+    assert all(s[0] == 101 and s[-1] == 102 and 64 <= len(s) <= 128 and 0 not in s for s in ts.ids)
+    assert set(ts.labels.tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match="one-sentence"):
+        V.load_glue("mnli", "train")
+    with pytest.raises(ValueError, match="without downloads"):
+        V.load_model("roberta-base")
+    with pytest.raises(ValueError, match="without downloads"):
+        V.load_tokenizer("no-such-org/no-such-model")
+    cfg = dict(V.SETUP["paper"], n_train=67_349, n_test=872, n_val=1000)
+    d = V.data._task_data.__wrapped__(*(cfg[k] for k in ("model", "task", "n_train", "n_test", "max_len")), 1000)
+    assert [len(d[k][0]) for k in ("train", "test", "val")] == [V.DRY_EXAMPLES, V.DRY_EXAMPLES, 0]
+
+
+@needs_minilm
+def test_a_dry_run_tokenizes_bert_base_with_minilms_vocabulary(monkeypatch):
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    tok = V.load_tokenizer("bert-base-uncased")
+    assert tok.vocab_size == 30_522 and tok.convert_tokens_to_ids(["[CLS]", "[SEP]", "[PAD]"]) == [101, 102, 0]
+
+
+def test_small_subsets_and_empty_streams():
+    y = torch.as_tensor([0, 1])
+    assert len(V.stratified_subset(y, 1)) == 1  # each class's half rounds to none: one example all the same
+    assert len(V.stratified_subset(y, 0)) == 0
+    with pytest.raises(ValueError, match="no examples"):
+        next(V.batch_stream([], 4, 2, seed=0))
+    assert math.isnan(V.auc(torch.tensor([]), torch.tensor([1.0, 2.0])))
+
+
+def test_dry_run_cuts_the_series_loops(monkeypatch):
+    m = tiny(dtype=torch.float32)
+    ids = [[1, 5, 6, 2], [1, 7, 2], [1, 8, 9, 10, 2]]
+    logits = torch.randn(3, 3)
+    sc = V.Schedule(steps=50, warmup=10, batch_size=2, mask_lr=0.1, lambda_lr=0.1)
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    hist = V.compress(m, ids, logits, sc, target=0.3, seed=0, kl_weight=1e-6)
+    assert len(hist) == 2
+    assert len(V.finetune(m.set_mask_mode("off"), ids, torch.tensor([0, 1, 2]), steps=40, lr=1e-4, batch_size=2,
+                          seed=0)) == 2

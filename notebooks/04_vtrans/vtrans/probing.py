@@ -65,7 +65,9 @@ def head_attention(model: MaskedBert, ids: Sequence[Sequence[int]], keyword_ids:
 
 def auc(higher: torch.Tensor, lower: torch.Tensor) -> float:
     """The chance that a value of ``higher`` exceeds one of ``lower`` (ties count half): the area under the ROC
-    curve, i.e. the Mann-Whitney U over the number of pairs."""
+    curve, i.e. the Mann-Whitney U over the number of pairs; NaN when either group is empty (no pairs)."""
+    if len(higher) == 0 or len(lower) == 0:
+        return float("nan")
     # imported here, not at the top: scikit-learn takes seconds to import and only notebook 4 needs this function
     from sklearn.metrics import roc_auc_score
 

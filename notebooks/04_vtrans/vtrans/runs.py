@@ -13,9 +13,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 from prunebook import cache
+from prunebook.config import dry_steps
 
 from .bert import MaskedBert, Shape
-from .data import batch_stream, load_model, stratified_subset, task_data
+from .data import batch_stream, load_model, stratified_subset, task_classes, task_data
 from .masks import KINDS, HardConcreteMask, Mask, VIBMask
 from .sizes import count_params, full_size, sparsity
 from .slicing import apply_keep, importance_scores, keep_like, kept_counts, magnitude_scores, random_scores, slice_model
@@ -108,7 +109,7 @@ def teacher(cfg) -> dict:
     subset (the distillation targets), its test accuracy and the seconds it took."""
     def compute():
         d = task_data(cfg)
-        model = load_model(cfg["model"], int(d["train"][1].max()) + 1, kinds=()).to(_device(cfg))
+        model = load_model(cfg["model"], task_classes(cfg["task"]), kinds=()).to(_device(cfg))
         t0 = time.perf_counter()
         finetune(model, *d["train"], steps=cfg["teacher_steps"], lr=cfg["teacher_lr"], batch_size=cfg["batch_size"],
                  seed=0, desc="teacher")
@@ -116,7 +117,15 @@ def teacher(cfg) -> dict:
         return {"state": model.cpu().state_dict(), "train_logits": logits, "wall": time.perf_counter() - t0,
                 "acc": accuracy(model, *d["test"]), "shape": dataclasses.asdict(model.shape)}
 
-    return cache.cached(f"{NAMESPACE}/teacher", _pick(cfg, TEACHER_KEYS), compute)
+    key = _pick(cfg, TEACHER_KEYS)
+    path = cache.path_for(f"{NAMESPACE}/teacher", key)
+    if _last_teacher.get("path") != path:  # kept in memory: every run of a notebook needs it (BERT-base: 440 MB)
+        _last_teacher.clear()
+        _last_teacher.update(path=path, value=cache.cached(f"{NAMESPACE}/teacher", key, compute))
+    return _last_teacher["value"]
+
+
+_last_teacher: dict = {}  # the last teacher loaded, and its cache file
 
 
 def student(cfg, kinds: Iterable[str] = KINDS, mask: type[Mask] = VIBMask) -> MaskedBert:
@@ -144,7 +153,7 @@ def compress_run(cfg, *, target: float, seed: int, kinds: Sequence[str] = KINDS,
         d = task_data(cfg)
         ids, labels = d["train"]
         logits = teacher(cfg)["train_logits"]
-        keep = stratified_subset(labels, round(fraction * len(labels)), seed=seed)
+        keep = stratified_subset(labels, max(1, round(fraction * len(labels))), seed=seed)
         ids, labels, logits = [ids[i] for i in keep], labels[keep], logits[keep]
         torch.manual_seed(seed)  # the masks' initial jitter
         model = student(cfg, kinds, {"vib": VIBMask, "l0": HardConcreteMask}[mask]).to(_device(cfg))
@@ -187,10 +196,11 @@ def time_schedules(cfg, *, target: float, seed: int, fraction: float, steps: int
     finetuning phase on the model it sliced; each phase's median seconds per step is scaled to the profile's whole
     schedule (``cfg["steps"]`` pruning steps each, plus VTrans' finetuning phase). Returns the two estimated
     schedule times in seconds and the per-step times."""
+    steps, finetune_steps, rounds = dry_steps(steps), dry_steps(finetune_steps), dry_steps(rounds, 1)
     d = task_data(cfg)
     ids, labels = d["train"]
     logits = teacher(cfg)["train_logits"]
-    sub = stratified_subset(labels, round(fraction * len(labels)), seed=seed)
+    sub = stratified_subset(labels, max(1, round(fraction * len(labels))), seed=seed)
     arms = {"VTrans": (list(ids), logits, cfg["weight_lr"]), "Faster-VTrans": ([ids[i] for i in sub], logits[sub], 0.0)}
     per_step = {"VTrans": [], "Faster-VTrans": [], "finetune": []}
     order = list(arms)
@@ -238,7 +248,8 @@ def baseline_run(cfg, *, method: str, counts: dict[str, list[int]], steps: int, 
         if method == "magnitude":
             scores = magnitude_scores(model)
         elif method == "importance":
-            batches = [dict(b, labels=labels[b["index"]]) for b in batch_stream(ids, cfg["batch_size"], 8, seed)]
+            stream = batch_stream(ids, cfg["batch_size"], dry_steps(8), seed)
+            batches = [dict(b, labels=labels[b["index"]]) for b in stream]
             scores = importance_scores(model, batches)
         elif method == "random":
             scores = random_scores(model, seed)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from prunebook import progress
+from prunebook.config import dry_steps
 
 from .bert import MaskedBert
 from .data import _to, batch_stream, pad_batch
@@ -129,7 +130,8 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
     lag_opt = lagrangian_optimizer(lag, sc.lambda_lr)
     trained = [p for g in groups for p in g["params"]] + list(lag.parameters())
     history, best, best_loss, best_step, last_check = [], None, math.inf, None, -math.inf
-    batches = progress(batch_stream(ids, sc.batch_size, sc.steps, seed), total=sc.steps, desc=desc)
+    steps = dry_steps(sc.steps)  # a dry run's few steps; the schedule keeps the profile's length
+    batches = progress(batch_stream(ids, sc.batch_size, steps, seed), total=steps, desc=desc)
     for step, b in enumerate(batches):
         t = target_sparsity(step, sc.warmup, target)
         target_logits = teacher_logits[b["index"]].to(device)
@@ -180,6 +182,7 @@ def finetune(model: MaskedBert, ids: Sequence[Sequence[int]], labels: torch.Tens
     opt = torch.optim.AdamW(model.weight_parameters(), lr=lr, weight_decay=0.0)
     losses = []
     device = model.word.weight.device
+    steps = dry_steps(steps)
     for b in progress(batch_stream(ids, batch_size, steps, seed), total=steps, desc=desc):
         target = (teacher_logits if teacher_logits is not None else labels)[b["index"]].to(device)
         b = _to(b, device)
