@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,7 @@ class Data:
         return self.train.num_classes
 
 
-DRY_IMAGES = 128  # a dry run's training and test sets: two batches of the paper's 64
+DRY_IMAGES = 64  # a dry run's training and test sets: one batch of the paper's 64 (a VGG-19 step: about 4 s)
 
 
 def load_data(dataset: str, n_train: int, n_test: int, data_root: str | None = None, seed: int = 0) -> Data:
@@ -320,21 +321,32 @@ def vgg_matched(depth: int, base: Sequence[int], target: float, example: torch.T
 def _closest(arch: Callable[[float], dict[str, Any]], size: Callable[[dict[str, Any]], float], hi: float,
              target: float, steps: int) -> dict[str, Any]:
     """Bisect the width factor f in [0, hi] of ``arch(f)`` (``size`` grows with f) and return the architecture at
-    either end of the final interval whose size is closest to ``target``."""
+    either end of the final interval whose size is closest to ``target``. Widths are whole numbers, so late steps
+    revisit the same architecture: each one is sized once."""
+    sizes: dict[str, float] = {}
+
+    def size_of(a: dict[str, Any]) -> float:
+        key = repr(sorted(a.items()))
+        if key not in sizes:
+            sizes[key] = size(a)
+        return sizes[key]
+
     lo = 0.0
     for _ in range(steps):
         mid = (lo + hi) / 2
-        if size(arch(mid)) < target:
+        if size_of(arch(mid)) < target:
             lo = mid
         else:
             hi = mid
-    return min((arch(f) for f in (lo, hi)), key=lambda a: abs(size(a) - target))
+    return min((arch(f) for f in (lo, hi)), key=lambda a: abs(size_of(a) - target))
 
 
 def latency_side_by_side(models: dict[str, nn.Module], batch: torch.Tensor, rounds: int = 15, repeats: int = 5,
                          warmup: int = 3) -> dict[str, list[float]]:
     """Forward-pass milliseconds of several models (in eval mode) on ``batch``, timed side by side in paired
-    rounds by ``prunebook.prune.latency_rounds``: per model, one median per round."""
+    rounds by ``prunebook.prune.latency_rounds``: per model, one median per round. A dry run of the paper profile
+    times two rounds of one call after one warm-up (a round of full-width VGGs takes seconds on a CPU)."""
+    rounds, repeats, warmup = dry_steps(rounds), dry_steps(repeats, 1), dry_steps(warmup, 1)
     for m in models.values():
         m.eval()
     seconds = prune.latency_rounds({name: (lambda m=m: m(batch)) for name, m in models.items()}, rounds, repeats,
@@ -447,9 +459,19 @@ def train_run(tag: str, key: dict[str, Any], make_model: Callable[[], nn.Module]
 def magnitude_masks_of(arch: dict[str, Any], trained: dict[str, Any], recipe: Recipe, seed: int,
                        sparsity: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """:func:`magnitude_masks` of a trained large model (a :func:`baseline` run) and the cache key that names
-    them; notebooks 03 and 04 share their runs through this key."""
-    masks = magnitude_masks(train.load_model_state(build(arch), trained["state"]), sparsity)
-    return masks, {"parent": parent_key(arch, recipe, seed), "sparsity": sparsity, "criterion": "global |w|, convs"}
+    them; notebooks 03 and 04 share their runs through this key. The last few are kept in memory (the key names
+    the trained model and the sparsity, so the same key gives the same masks): a notebook asks for the same masks
+    once per arm, and a global sort of a full-size VGG's weights takes seconds."""
+    key = {"parent": parent_key(arch, recipe, seed), "sparsity": sparsity, "criterion": "global |w|, convs"}
+    name = repr(key)
+    if name not in _RECENT_MASKS:
+        _RECENT_MASKS[name] = magnitude_masks(train.load_model_state(build(arch), trained["state"]), sparsity)
+        while len(_RECENT_MASKS) > 8:
+            _RECENT_MASKS.popitem(last=False)
+    return _RECENT_MASKS[name], key
+
+
+_RECENT_MASKS: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 
 
 # ---------------------------------------------------------------- seeds: mean, spread, comparisons
