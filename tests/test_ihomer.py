@@ -301,6 +301,24 @@ def test_paper_dataset_missing_names_the_places(tmp_path, monkeypatch):
     assert ihomer.find_arff("Emotions", data_root=tmp_path).name == "Emotions.ARFF"
 
 
+def test_a_dry_run_cuts_the_datasets_and_streams_but_keeps_their_dimensions(monkeypatch, tmp_path):
+    from prunebook.data import DatasetNotFoundError
+
+    names = list(ihomer.PAPER_DATASETS)
+    monkeypatch.delenv("PRUNEBOOK_DATA", raising=False)
+    monkeypatch.delenv("PRUNEBOOK_DRY_RUN", raising=False)
+    assert ihomer.dry_datasets(names) == names and ihomer.dry_stream_length(10_000, 5_000) == (10_000, 5_000)
+    with pytest.raises(DatasetNotFoundError):  # without a dry run, a missing file stays an error
+        ihomer.paper_dataset("Bibtex", data_root=tmp_path)
+    monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
+    assert ihomer.dry_datasets(names) == ["Flags", "Yeast", "Imdb"] and ihomer.dry_datasets(["Yeast"]) == ["Yeast"]
+    assert ihomer.dry_stream_length(10_000, 5_000) == (200, 100) and ihomer.dry_stream_length(150, 50) == (150, 50)
+    bibtex, flags = ihomer.paper_dataset("Bibtex"), ihomer.paper_dataset("Flags")
+    assert bibtex.X.shape == (2, 1836) and bibtex.Y.shape == (2, 159)  # wide: the fewest instances
+    assert flags.X.shape[1:] == (19,) and flags.Y.shape[1:] == (7,) and 2 < len(flags) <= 200
+    assert (flags.Y[::2] == flags.Y[0]).all() and (flags.Y.sum(1) >= 1).all()  # a few instances in turn
+
+
 # ------------------------------------------------------------------ ranks
 
 

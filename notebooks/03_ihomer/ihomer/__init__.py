@@ -31,7 +31,16 @@ The package, one concern a module, in the order the notebooks use them (``import
 - ``ranks``: :func:`average_ranks`, :func:`friedman`, :func:`nemenyi_cd`, :func:`plot_cd` for notebook 05.
 """
 
-from .arff import DATA_HOW_TO, PAPER_DATASETS, find_arff, load_arff, load_stream, paper_dataset
+from .arff import (
+    DATA_HOW_TO,
+    PAPER_DATASETS,
+    dry_datasets,
+    dry_stream_length,
+    find_arff,
+    load_arff,
+    load_stream,
+    paper_dataset,
+)
 from .clustering import (
     JaccardODAC,
     LabelCluster,
@@ -85,7 +94,8 @@ __all__ = [  # every public name of the modules, as one flat namespace
     'JaccardODAC', 'LOCAL_BASELINES', 'LabelCluster', 'LabelCombination', 'LeafNBA', 'MLStream', 'NullLearner',
     'PAPER_DATASETS', 'Run', 'ThresholdedRegressor', 'adjusted_rand', 'aggregate_test', 'average_ranks',
     'baselines', 'block_labels', 'cached_prequential', 'cached_trace', 'cooccurrence_counts',
-    'dependence_permutation_test', 'dependence_statistic', 'draw_label_tree', 'drifting_blocks', 'find_arff',
+    'dependence_permutation_test', 'dependence_statistic', 'draw_label_tree', 'drifting_blocks', 'dry_datasets',
+    'dry_stream_length', 'find_arff',
     'friedman', 'hoeffding_bound', 'hoeffding_tree', 'ihomer_random', 'jaccard_distance_matrix',
     'jaccard_from_counts', 'lc_hoeffding_tree', 'lc_tree', 'load_arff', 'load_stream', 'merge_small_clusters',
     'modal_labelset_size', 'more_baselines', 'moved_blocks', 'multilabel_scores', 'naive_bayes_votes',

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from prunebook.config import dry_run_requested
+from prunebook.config import DRY_STEPS, dry_grid, dry_run_requested, dry_steps
 from prunebook.data import missing_dataset, search_roots, stand_in_multilabel
 from river.stream import iter_arff
 
@@ -39,7 +39,15 @@ DIMENSIONS = {
     "Langlog": (1004, 75), "Stackex": (585, 227), "Tmc": (500, 22), "Ohsumed": (1002, 23), "D20ng": (1006, 20),
     "Bibtex": (1836, 159), "Nuswidec": (128, 81), "Imdb": (1001, 28),
 }
-DRY_INSTANCES = 200  # a dry run's stand-in streams: the datasets' dimensions, a few hundred instances
+# A dry run's stand-in streams have the datasets' dimensions and at most DRY_INSTANCES instances, fewer for wide
+# datasets: a binary-relevance learner works in proportion to features x labels per instance (Bibtex's 1,836 x 159
+# take seconds per instance on one CPU core), so a stand-in holds about DRY_CELLS instance-feature-label cells, and
+# never fewer than two instances. The stand-in repeats DRY_DISTINCT random instances in turn: on a stream of distinct
+# random labelsets no learner ever predicts one exactly, and every ratio of subset accuracies (notebook 04's gains)
+# would be 0 / 0.
+DRY_INSTANCES = 200
+DRY_CELLS = 10_000
+DRY_DISTINCT = 2
 
 DATA_HOW_TO = ("download the datasets' ARFF files from the KDIS multi-label repository "
                "(https://www.uco.es/kdis/mllresources/, MEKA format, one <name>.arff per dataset; MULAN files need "
@@ -139,13 +147,37 @@ def find_arff(dataset: str, data_root: str | os.PathLike | None = None) -> Path:
     raise missing_dataset(f"The {dataset} multi-label ARFF file", tried, DATA_HOW_TO)
 
 
+def dry_instances(n_features: int, n_labels: int) -> int:
+    """How many instances a dry run's stand-in stream of these dimensions has (see :data:`DRY_CELLS`)."""
+    return dry_steps(DRY_INSTANCES, steps=max(DRY_STEPS, DRY_CELLS // (n_features * n_labels)))
+
+
+DRY_SYNTHETIC = (200, 100)  # a dry run's synthetic streams: instances, and the drift point (a multiple of 100)
+
+
+def dry_stream_length(n: int, drift_at: int) -> tuple[int, int]:
+    """A synthetic stream's length and drift point: as given; in a dry run cut to :data:`DRY_SYNTHETIC`. The
+    traces score the partition every 100 instances, the drift point among them."""
+    return dry_steps(n, steps=DRY_SYNTHETIC[0]), dry_steps(drift_at, steps=DRY_SYNTHETIC[1])
+
+
+def dry_datasets(names: Sequence[str], keep: str = "Yeast") -> list[str]:
+    """The datasets a notebook runs its learners on: all of ``names``; in a dry run of the paper profile only the
+    first and last (:func:`prunebook.config.dry_grid`) and ``keep`` (the one the notebooks' claims read), in order."""
+    grid = dry_grid(list(names))
+    return [name for name in names if name in grid or (name == keep and dry_run_requested())]
+
+
 def paper_dataset(dataset: str, data_root: str | os.PathLike | None = None) -> MLStream:
     """One of the paper's 22 datasets from a local ARFF file (see :func:`find_arff`). In a dry run of the paper profile
-    (and only then): a random stand-in stream with the dataset's dimensions (:data:`DIMENSIONS`)."""
+    (and only then): a random stand-in stream with the dataset's dimensions (:data:`DIMENSIONS`), of
+    :func:`dry_instances` instances, :data:`DRY_DISTINCT` random ones in turn."""
     if dry_run_requested():
         n_features, n_labels = DIMENSIONS.get(dataset, (100, 10))
-        X, Y = stand_in_multilabel(DRY_INSTANCES, n_features, n_labels, seed=sorted(DIMENSIONS).index(dataset)
-                                   if dataset in DIMENSIONS else 0)
+        X, Y = stand_in_multilabel(DRY_DISTINCT, n_features, n_labels,
+                                   seed=sorted(DIMENSIONS).index(dataset) if dataset in DIMENSIONS else 0)
+        turn = np.arange(dry_instances(n_features, n_labels)) % DRY_DISTINCT
+        X, Y = X[turn], Y[turn]
         return MLStream(dataset, X, Y, [f"x{j}" for j in range(n_features)], [f"Class{j}" for j in range(n_labels)],
                         {"file": "stand-in (dry run)"})
     return load_arff(find_arff(dataset, data_root), name=dataset)
