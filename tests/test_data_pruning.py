@@ -300,3 +300,26 @@ def test_teacher_task_relabels_by_the_teacher_and_is_realizable(tmp_cache):
     assert torch.equal(t["x"], x)  # the same inputs
     w = dp.fit_probe(x[None], t["y"][None], 2, l2=1e-6, tol=1e-7, max_iter=2000)
     assert dp.probe_error(w, x, t["y"]).item() == 0.0  # a student of the same form fits the teacher's labels
+
+
+def test_theory_grid_solves_the_unpruned_problem_once_for_every_keep_rule(monkeypatch):
+    calls = []
+    real = dp.theory.theory_perceptron
+    monkeypatch.setattr(dp.theory, "theory_perceptron", lambda *a, **k: calls.append(a[:3]) or real(*a, **k))
+    grid = dp.theory_grid([0.5, 2.0], [1.0, 0.5], ("hard", "easy"))
+    assert len(calls) == 2 * 3  # f = 1 once, f = 0.5 for each keep rule
+    assert np.array_equal(grid["error"][0, 0], grid["error"][1, 0])
+    assert not np.allclose(grid["error"][0, 1], grid["error"][1, 1])
+
+
+def test_simclr_trains_one_batch_of_a_pool_smaller_than_a_batch():
+    enc = dp.make_encoder("smallcnn_half")
+    losses = dp.simclr_train(enc, torch.rand(12, 1, 28, 28), epochs=1, batch_size=256)
+    assert len(losses) == 1 and losses[0] > 0
+
+
+def test_stand_in_embedding_has_the_papers_shapes_and_loads(tmp_path):
+    path = dp.stand_in_embedding(tmp_path / "sub" / "emb.npz", n=30, dim=16, num_classes=10, seed=1)
+    loaded = dp.load_embedding(path, n=30)
+    assert loaded["embedding"].shape == (30, 16) and loaded["embedding"].min() >= 0
+    assert torch.equal(torch.bincount(loaded["labels"]), torch.full((10,), 3))

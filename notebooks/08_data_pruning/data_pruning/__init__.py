@@ -26,8 +26,8 @@ The package, one concern a module (``import data_pruning as dp`` gives every pub
   :func:`kept_margins`; :func:`power_law_fit`, :func:`exponential_fit`.
 - ``scores``: :func:`el2n`, :func:`grand` (Paul et al. 2021), :func:`forgetting_events` (Toneva et al. 2019),
   :func:`nearest_prototype` (scikit-learn's k-means in a self-supervised embedding; this paper, §5),
-  :func:`load_embedding`; :func:`supervised_scores` trains a few short CNN runs and records EL2N, GraNd and
-  forgetting from them (02).
+  :func:`load_embedding` (and, for a dry run, :func:`stand_in_embedding`); :func:`supervised_scores` trains a few
+  short CNN runs and records EL2N, GraNd and forgetting from them (02).
 - ``simclr``: :func:`simclr_train` and :func:`embed` train a tiny SimCLR-style contrastive encoder (no labels) and
   embed the images (02; 04 embeds every training image with it, :func:`embed_with`).
 - ``pool``: the image pool of notebooks 02 and 04 (:data:`SETUP`, :func:`make_model`, :func:`load_pool`) and its
@@ -66,6 +66,7 @@ from .scores import (
     load_embedding,
     nearest_prototype,
     prototype_distance,
+    stand_in_embedding,
     supervised_scores,
 )
 from .selection import KEEPS, STRATEGIES, class_balance, keep_indices, keep_indices_grouped, n_keep, pruned_indices
@@ -89,6 +90,6 @@ __all__ = [  # every public name of the modules, as one flat namespace
     'nearest_prototype', 'nt_xent', 'perceptron_error', 'pool_embedding', 'pool_scores', 'power_law_fit',
     'probe_direction', 'probe_error', 'probe_features', 'probe_runs', 'probe_scores', 'prototype_distance',
     'pruned_indices', 'random_resized_crop', 'sample_pruned_perceptron', 'simclr_train', 'simulate_perceptron',
-    'ssl_augment', 'supervised_scores', 'teacher_student_data', 'teacher_task', 'theory_grid', 'theory_perceptron',
-    'whitened_pcs',
+    'ssl_augment', 'stand_in_embedding', 'supervised_scores', 'teacher_student_data', 'teacher_task', 'theory_grid',
+    'theory_perceptron', 'whitened_pcs',
 ]

@@ -128,6 +128,19 @@ def load_embedding(path, n: int | None = None) -> dict[str, torch.Tensor]:
     return out
 
 
+def stand_in_embedding(path, n: int, dim: int = 2048, num_classes: int = 1000, seed: int = 0) -> Path:
+    """For a dry run of the paper profile only: write a random stand-in of the paper's ImageNet embedding to
+    ``path`` (an ``.npz`` that :func:`load_embedding` reads): ``n`` rows of ``dim`` features in [0, 1) (SwAV's
+    ResNet-50 features: 2,048, non-negative) and a label of ``num_classes`` for each, every class present when
+    ``n`` allows. The shapes of the real file, none of its content."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % num_classes)
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, embedding=rng.random((n, dim), dtype=np.float32), labels=labels)
+    return path
+
+
 # ------------------------------------------------------------------------------------- scores from short runs
 
 
@@ -145,11 +158,13 @@ def supervised_scores(model_fn, train_set, *, runs: int, epochs: int, score_epoc
     - ``correct``: the ``runs×epochs×n`` history of correct predictions (for plots);
     - ``el2n_runs``: each run's own EL2N (``runs×n``), to see how noisy one run is.
 
-    Each run is cached separately under ``cache_name`` when given. A dry run of the paper profile trains one epoch,
-    scores after it and takes GraNd on 32 examples."""
+    Each run is cached separately under ``cache_name`` when given. A dry run of the paper profile trains two runs of
+    one epoch each, scores after it and takes GraNd on 16 examples (per-example gradients of a ResNet-18 take about
+    0.2 s an example on one CPU core)."""
     if dry_run_requested():
+        runs = dry_steps(runs)
         epochs = score_epoch = dry_steps(epochs, 1)
-        grand_examples = dry_steps(grand_examples or len(train_set), 32)
+        grand_examples = dry_steps(grand_examples or len(train_set), 16)
 
     def one_run(r: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(seed * 1000 + r)

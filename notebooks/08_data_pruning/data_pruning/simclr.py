@@ -73,8 +73,10 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 def simclr_train(encoder: Encoder, x: torch.Tensor, *, epochs: int, batch_size: int = 256, lr: float = 2e-3,
                  temperature: float = 0.2, seed: int = 0, device: str = "cpu", progress=None) -> list[float]:
     """Train ``encoder`` on images ``x`` (no labels) with NT-Xent on two augmented views; Adam, cosine decay.
-    Returns the mean loss of each epoch. A dry run of the paper profile trains one epoch."""
+    Returns the mean loss of each epoch. A dry run of the paper profile trains one epoch. Fewer images than a batch
+    make one batch of all of them."""
     epochs = dry_steps(epochs, 1)
+    batch_size = min(batch_size, len(x))
     g = torch.Generator().manual_seed(seed)
     encoder.to(device).train()
     opt = torch.optim.Adam(encoder.parameters(), lr=lr, weight_decay=1e-6)

@@ -170,8 +170,13 @@ def theory_grid(alpha_prune: Sequence[float], fracs: Sequence[float], keeps: Seq
     shape = (len(keeps), len(fracs), len(alpha_prune))
     error, kappa = np.zeros(shape), np.zeros(shape)
     pairs = [(i, keep, j, f) for i, keep in enumerate(keeps) for j, f in enumerate(fracs)]
+    done = {}  # (rule, f) -> (i, j) already solved: f = 1 is the same unpruned problem for every keep rule
     for i, keep, j, f in (progress(pairs, desc=f"theory theta={math.degrees(theta):.0f}°") if progress else pairs):
         rule = keep if f < 1 else "random"
+        if (rule, f) in done:
+            error[i, j], kappa[i, j] = error[done[rule, f]], kappa[done[rule, f]]
+            continue
+        done[rule, f] = (i, j)
         small = theta > 0  # the 2-D quadrature is costlier: fewer nodes are plenty there
         m = kept_margins(f, rule, theta, n_probe=80 if small else 160, n_teacher=32)
         start = None
