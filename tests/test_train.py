@@ -36,9 +36,9 @@ def test_a_dry_run_trains_only_the_first_steps_of_the_schedule(monkeypatch):
 
     monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
     dry = train.fit(_mlp(), ds, epochs=5, batch_size=32, lr=0.05, callbacks=[Count()], progress_bar=False)
-    assert len(full) == 5 and len(dry) == 2 and len(steps) == 4
+    assert len(full) == 5 and len(dry) == 2 and len(steps) == 2
     cosine = train.make_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.05), "cosine", 5, 7)
-    assert steps[0] == pytest.approx(cosine.lr_lambdas[0](1) * 0.05)  # the paper's 35-step schedule, not 4 steps'
+    assert steps[0] == pytest.approx(cosine.lr_lambdas[0](1) * 0.05)  # the paper's 35-step schedule, not 2 steps'
 
 
 def test_evaluate_and_validation_history():
