@@ -132,6 +132,15 @@ def test_lite_keep_ratios():
     assert list(model.keep_counts.values()) == [165, 133, 102, 71]  # of 196 tokens
 
 
+def test_lite_keep_ratios_refuses_a_drop_that_leaves_no_token():
+    assert D.lite_keep_ratios(2, 0.4) == (0.6, 0.2)  # the cpu profile's largest drop, at two blocks
+    assert D.drop_leaves_tokens(0.2, 4) and not D.drop_leaves_tokens(0.25, 4)
+    for drop in (0.3, 0.4):  # the paper profile's four blocks: 64 → 45 → 26 → 6 → −13 tokens at 30 %
+        assert not D.drop_leaves_tokens(drop, 4)
+        with pytest.raises(ValueError, match="choose a drop below 25%"):
+            D.lite_keep_ratios(4, drop)
+
+
 def test_token_pruning_keeps_the_highest_m_and_equals_the_model_on_those_tokens():
     torch.manual_seed(0)
     pruned = D.build("dependencyvit", "partshapes", patch=8, prune_at=(1,), keep=(0.5,), **SMALL).eval()

@@ -18,8 +18,9 @@ mask, from which a tree of patches is read; tokens that have stopped sending (lo
   :func:`part_labels`, :func:`read_trees`; against chance: :func:`random_tree_mask`, :func:`permutation_ari`,
   :func:`chance_levels`; scores: :func:`agreement` (ARI, NMI), :func:`auroc`, :func:`centre_prior`; the figure:
   :func:`draw_tree`.
-- Lite: :func:`keep_tokens`, :func:`lite_keep_ratios`, :data:`CRITERIA`, the ``prune_at``/``keep``/``criterion``
-  arguments of :class:`ViT` and :meth:`ViT.set_pruning` (the same, on trained weights).
+- Lite: :func:`keep_tokens`, :func:`lite_keep_ratios` (:func:`drop_leaves_tokens`), :data:`CRITERIA`, the
+  ``prune_at``/``keep``/``criterion`` arguments of :class:`ViT` and :meth:`ViT.set_pruning` (the same, on trained
+  weights).
 - Data: :func:`part_shapes` and :func:`two_objects` (the synthetic PartShapes images with exact part and object
   labels), :func:`shapes_split` (one generator seed per split), :func:`patch_labels`.
 
@@ -225,9 +226,19 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def drop_leaves_tokens(drop: float, steps: int) -> bool:
+    """Whether ``steps`` pruning layers can each remove ``drop`` of the original tokens: the last one keeps
+    1 − steps·drop of them, which must be more than none (at four layers, 30 % or 40 % per step cannot be done)."""
+    return 0 <= drop and round(1 - drop * steps, 10) > 0
+
+
 def lite_keep_ratios(steps: int, drop: float) -> tuple[float, ...]:
     """Kept fractions of the original tokens after each of ``steps`` pruning layers, each removing ``drop`` of the
-    original count: the unofficial DependencyViT-Lite-Tiny removes 0.16 at 4 layers (0.84, 0.68, 0.52, 0.36)."""
+    original count: the unofficial DependencyViT-Lite-Tiny removes 0.16 at 4 layers (0.84, 0.68, 0.52, 0.36). A
+    drop that would leave no token (:func:`drop_leaves_tokens`) raises ``ValueError``."""
+    if not drop_leaves_tokens(drop, steps):
+        raise ValueError(f"removing {drop:.0%} of the original tokens at each of {steps} pruning layers leaves "
+                         f"{1 - drop * steps:.0%} of them: choose a drop below {1 / steps:.0%} per step")
     return tuple(round(1 - drop * (s + 1), 10) for s in range(steps))
 
 
@@ -356,7 +367,7 @@ def train_run(make, train_set: data.ImageSet, test_set: data.ImageSet, recipe: d
               device: str = "cpu", desc: str = "train") -> dict:
     """One cached training of ``make()`` (:func:`prunebook.train.cached_run`; ``key`` must hold everything the
     result depends on): the test accuracy and loss, the history, the training speed and the trained state. A dry run
-    of the paper profile trains one epoch of its stand-in set (:data:`DRY_IMAGES`: two paper-size batches)."""
+    of the paper profile trains one epoch of its stand-in set (:data:`DRY_IMAGES`: one step, on a partial batch)."""
     recipe = {**recipe, "epochs": config.dry_steps(recipe["epochs"], 1)}
 
     def fit(model, checkpoint):
@@ -785,7 +796,12 @@ def _shapes(n: int, seed: int, variant: str, size: int, patch: int, layouts) -> 
 SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 
 
-DRY_IMAGES = 512  # a dry run's split sizes: two batches of the paper profile's 256
+# a dry run's training split: fewer images than one batch of the paper profile's 256, so its one step is a batch of
+# 64 (a step of 256 images through the paper's 12 blocks of width 192 takes about 11 s on one CPU thread)
+DRY_IMAGES = 64
+# a dry run's validation and test splits: the trees are read image by image at every block (about 10 ms each, twelve
+# blocks at paper), so an evaluation of two batches would take minutes per model
+DRY_EVAL_IMAGES = 32
 
 
 @functools.lru_cache(maxsize=16)  # the notebooks ask for the same splits again and again; nothing mutates them
@@ -793,9 +809,9 @@ def shapes_split(split: str, n: int, variant: str = "easy", patch: int = 4, obje
     """The ``n`` images of one split of PartShapes (``objects=1``) or of the two-object set (``objects=2``): each
     split has its own generator seed (:data:`SPLIT_SEEDS`), so test images are never training images, and the
     first ``n`` images of a split are the same whatever ``n``. A dry run of the paper profile draws at most
-    :data:`DRY_IMAGES`."""
+    :data:`DRY_IMAGES` training and :data:`DRY_EVAL_IMAGES` validation or test images."""
     make = {1: part_shapes, 2: two_objects}[objects]
-    n = config.dry_steps(n, DRY_IMAGES)
+    n = config.dry_steps(n, DRY_IMAGES if split == "train" else DRY_EVAL_IMAGES)
     return make(n, SPLIT_SEEDS[split], variant, patch)
 
 
