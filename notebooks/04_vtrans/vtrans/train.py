@@ -130,7 +130,7 @@ def compress(model: MaskedBert, ids: Sequence[Sequence[int]], teacher_logits: to
     lag_opt = lagrangian_optimizer(lag, sc.lambda_lr)
     trained = [p for g in groups for p in g["params"]] + list(lag.parameters())
     history, best, best_loss, best_step, last_check = [], None, math.inf, None, -math.inf
-    steps = dry_steps(sc.steps)  # a dry run's few steps; the schedule keeps the profile's length
+    steps = dry_steps(sc.steps, 1)  # a dry run: one step of each phase (two a compression); the schedule's length stays
     batches = progress(batch_stream(ids, sc.batch_size, steps, seed), total=steps, desc=desc)
     for step, b in enumerate(batches):
         t = target_sparsity(step, sc.warmup, target)
@@ -182,7 +182,7 @@ def finetune(model: MaskedBert, ids: Sequence[Sequence[int]], labels: torch.Tens
     opt = torch.optim.AdamW(model.weight_parameters(), lr=lr, weight_decay=0.0)
     losses = []
     device = model.word.weight.device
-    steps = dry_steps(steps)
+    steps = dry_steps(steps, 1)
     for b in progress(batch_stream(ids, batch_size, steps, seed), total=steps, desc=desc):
         target = (teacher_logits if teacher_logits is not None else labels)[b["index"]].to(device)
         b = _to(b, device)
