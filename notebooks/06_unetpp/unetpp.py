@@ -38,9 +38,10 @@ PAPER_PARAMS = {"U-Net": 7.76e6, "wide U-Net": 9.13e6, "UNet++": 9.04e6}
 ARCHS = ("U-Net", "wide U-Net", "UNet+", "UNet++", "UNet++ DS")
 # a dry run's stand-in DSB2018: enough for a 70/10/20 split and a paper-size batch of 16
 DRY_IMAGES = 64
-# a dry run's outline-shape sets (training and test each): one paper-size batch of 16 (a prediction of 64 images at
-# 128×128 with the paper's filters takes seconds per network, and notebook 4 trains twenty)
-DRY_OUTLINES = 16
+# a dry run's outline-shape sets (training and test each): fewer images than the paper's batch of 16, so a step takes
+# a batch of 8 (:class:`Batches` draws at most the set's size): a step of 16 images of 128×128 through the paper's
+# filters takes 12-15 s on one CPU thread, and notebook 4 trains twenty networks
+DRY_OUTLINES = 8
 
 
 # ---------------------------------------------------------------- the network
@@ -327,7 +328,7 @@ def outline_shapes(n: int, size: int = 96, r_min: float = 3, r_max: float = 30, 
     (one when r > 20) with semi-axes
     r·U(0.75, 1) and r·U(0.6, 1) (max 1), placed inside the image without overlap. Returns images (n, 1, size,
     size) float32, masks (n, 1, size, size) float32, radius (n,). A dry run of the paper profile draws at most
-    :data:`DRY_OUTLINES` (the paper's image sizes, one batch's worth)."""
+    :data:`DRY_OUTLINES` (the paper's image sizes, less than a batch)."""
     n = config.dry_steps(n, DRY_OUTLINES)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -493,6 +494,7 @@ class Batches:
     def __call__(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.regions is not None:
             return sample_patches(self.regions, n, self.patch, g)
+        n = min(n, len(self.arrays["images"]))  # a batch larger than the set only in a dry run (DRY_OUTLINES)
         idx = torch.randint(0, len(self.arrays["images"]), (n,), generator=g)
         x, y = torch.from_numpy(self.arrays["images"][idx.numpy()]), torch.from_numpy(self.arrays["masks"][idx.numpy()])
         rot = int(torch.randint(0, 4, (1,), generator=g))
