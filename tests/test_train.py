@@ -174,3 +174,24 @@ def test_augment_crop_and_flip_exactly():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="batch_size=0"):
         train.fit(_mlp(), _blobs(), epochs=1, batch_size=0)
+
+
+def test_cached_run_stores_the_run_and_drops_its_checkpoint(tmp_cache):
+    from prunebook import cache
+
+    ds, calls = _blobs(), []
+    key = {"epochs": 2, "lr": 0.05}
+
+    def fit(model, checkpoint):
+        calls.append(checkpoint)
+        return train.fit(model, ds, epochs=2, batch_size=32, lr=0.05, checkpoint=checkpoint, progress_bar=False)
+
+    def measure(model, history):
+        return {"acc": train.evaluate(model, ds)["acc"]}
+
+    first = train.cached_run("demo", key, _mlp, fit, seed=0, measure=measure)
+    assert len(calls) == 1 and not calls[0].exists()  # the stored run replaces its resume point
+    assert cache.path_for("demo/run", key).exists() and len(first["history"]) == 2
+    again = train.cached_run("demo", key, _mlp, fit, seed=0, measure=measure)
+    assert len(calls) == 1 and again["acc"] == first["acc"]
+    assert all(torch.equal(again["state"][k], v) for k, v in first["state"].items())

@@ -300,16 +300,20 @@ def cached_run(namespace: str, key: dict[str, Any], make: Callable[[], nn.Module
 
     ``key`` must hold everything the result depends on. ``torch.manual_seed(seed)`` runs just before ``make()``, so
     the models of one seed start from the same random state; ``fit(model, checkpoint)`` trains it (a fit that
-    checkpoints to ``<namespace>/ckpt`` resumes an interrupted run); ``measure(model, history)`` adds what the run
-    reports (the test accuracy, counts) while the model is still on its training device. Returns those entries, the
-    ``history`` and the trained ``state`` (on the CPU)."""
+    checkpoints to ``<namespace>/ckpt`` resumes an interrupted run; the checkpoint is deleted once the run is
+    stored); ``measure(model, history)`` adds what the run reports (the test accuracy, counts) while the model is
+    still on its training device. Returns those entries, the ``history`` and the trained ``state`` (on the CPU)."""
+
+    checkpoint = cache.path_for(f"{namespace}/ckpt", key)
 
     def compute() -> dict[str, Any]:
         torch.manual_seed(seed)
         model = make()
-        history = fit(model, cache.path_for(f"{namespace}/ckpt", key))
+        history = fit(model, checkpoint)
         out = {"history": history, **measure(model, history)}
         model.to("cpu", memory_format=torch.contiguous_format)
         return {**out, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
-    return cache.cached(f"{namespace}/run", key, compute)
+    run = cache.cached(f"{namespace}/run", key, compute)
+    checkpoint.unlink(missing_ok=True)  # the run is stored: its resume point (weights, optimizer state) is not needed
+    return run
