@@ -1,5 +1,5 @@
 # prunebook — every target creates .venv (Python >= 3.10) when it is missing.
-#   make test                               the unit tests and every notebook at the smoke profile
+#   make test                               the unit tests, every notebook at smoke, the paper profile's dry run
 #   make reproduce                          every series at the cpu profile, then the claims report
 #   make reproduce SERIES=02_grokking PROFILE=paper ARGS="-p seed=1"
 #   make dry-run                            every series' paper profile on stand-in data, a few steps (proves no number)

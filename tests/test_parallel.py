@@ -124,9 +124,9 @@ def test_on_the_cluster_a_failure_is_reported_and_a_refusal_stops_the_run(tiny_r
     assert out.returncode == 2 and ours[-1] == "prunebook: error: 01_c.ipynb: seed=-1 must be a non-negative integer"
 
 
-def test_a_notebook_maps_over_the_cluster_even_with_one_worker(tmp_path, monkeypatch):
-    root = tmp_path / "repo"
-    series = root / "notebooks" / "00_grid"
+def mapping_series(root, name):
+    """A series whose one notebook maps over the cluster, writing where each item ran to ``out.json``."""
+    series = root / "notebooks" / name
     series.mkdir(parents=True)
     (root / "pyproject.toml").write_text("")
     (series / "grid.py").write_text(
@@ -142,6 +142,12 @@ def test_a_notebook_maps_over_the_cluster_even_with_one_worker(tmp_path, monkeyp
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
           "nbformat": 4, "nbformat_minor": 5}
     (series / "01_grid.ipynb").write_text(json.dumps(nb))
+    return series
+
+
+def test_a_notebook_maps_over_the_cluster_even_with_one_worker(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    series = mapping_series(root, "00_grid")
     monkeypatch.setenv("PRUNEBOOK_CACHE", str(tmp_path / "cache"))
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   resources={"notebook": 1}) as cluster:
@@ -150,6 +156,17 @@ def test_a_notebook_maps_over_the_cluster_even_with_one_worker(tmp_path, monkeyp
     assert out.returncode == 0, out.stdout + out.stderr
     # the notebook's task gave its one worker thread to the map's five tasks: no deadlock, same order
     assert json.loads((series / "out.json").read_text()) == [[[i, 0] for i in range(5)]] * 2
+
+
+def test_notebooks_waiting_for_a_slot_never_block_a_running_notebooks_map(tmp_path):
+    """Six series on two workers: each worker runs one notebook and holds two other series' notebooks until its slot
+    frees. A scheduler that queues tasks counted those workers as full and never ran the maps (a deadlock)."""
+    root = tmp_path / "repo"
+    folders = [mapping_series(root, f"0{i}_grid") for i in range(6)]
+    out = prunebook("run", "--profile", "smoke", "--workers", "2", root=root, cache_dir=tmp_path / "cache")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for series in folders:
+        assert [i for i, _ in json.loads((series / "out.json").read_text())[0]] == list(range(5))
 
 
 def test_report_seeds_counts_the_seeds_a_claim_held_on(tmp_path):

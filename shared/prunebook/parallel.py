@@ -113,7 +113,8 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
     """A ``distributed.Client``: on the scheduler at ``scheduler`` (its cache folder checked to be this
     machine's), else on a LocalCluster of ``workers`` processes of one thread each. With k CUDA GPUs visible,
     the LocalCluster has one worker per GPU (``workers`` defaults to k), each declaring ``GPU=1`` and seeing
-    only its own GPU."""
+    only its own GPU. A cluster you start yourself needs ``distributed.scheduler.worker-saturation: inf`` too."""
+    import dask
     import distributed
 
     if scheduler:
@@ -131,12 +132,14 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
     resources = {"notebook": 1, **({"GPU": 1} if gpus else {})}
     if gpus:
         env["PRUNEBOOK_GPUS"] = ",".join(gpus)
-    # silence_logs=ERROR: Dask's warnings (an event loop slow on a busy machine) would bury the run's own lines
-    with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
-                                  resources=resources, dashboard_address=":0",
-                                  silence_logs=logging.ERROR) as local:
-        with distributed.Client(local) as client:
-            yield client
+    # silence_logs=ERROR: Dask's warnings (an event loop slow on a busy machine) would bury the run's own lines.
+    # worker-saturation inf: no scheduler-side queue. With it, a worker holding a running notebook and the next
+    # series' notebook waiting for its slot counts as full, and the running notebook's map tasks wait forever.
+    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}), \
+            distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env, resources=resources,
+                                     dashboard_address=":0", silence_logs=logging.ERROR) as local, \
+            distributed.Client(local) as client:
+        yield client
 
 
 def visible_gpus() -> list[str]:
