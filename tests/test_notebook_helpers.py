@@ -124,3 +124,27 @@ def test_seeds_and_mean_draws_a_dot_per_seed_a_line_per_seed_and_each_mean():
     assert means == pytest.approx([20.0, 30.0])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
     plt.close(fig)
+
+
+def test_every_method_a_notebook_shows_is_the_code_that_runs():
+    """``prunebook.show(f, ...)`` stores f's source as the cell's output: after an edit of the series module, the
+    committed output must show the edited code (a notebook shows what runs)."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    stale = []
+    for path in sorted(Path(__file__).resolve().parents[1].glob("notebooks/[0-9][0-9]_*/[0-9][0-9]_*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        names = {}
+        for line in "\n".join("".join(c["source"]) for c in cells).splitlines():
+            if re.fullmatch(r"(from [\w.]+ )?import [\w, ]+( as \w+)?", line):  # the series module, prunebook's
+                exec(line, names)
+        for cell in cells:
+            shown = re.search(r"prunebook\.show\((.*)\)\s*$", "".join(cell["source"]), re.S)
+            if shown:
+                source = "\n\n".join(inspect.getsource(obj).rstrip() for obj in eval(f"[{shown.group(1)}]", names))
+                stored = [o["data"]["text/plain"] for o in cell["outputs"] if o.get("output_type") == "execute_result"]
+                if ["".join(text) for text in stored] != [source]:
+                    stale.append(f"{path.parent.name}/{path.name}: prunebook.show({shown.group(1)})")
+    assert not stale, "re-run these cells (their output is the method's old source):\n" + "\n".join(stale)
