@@ -132,27 +132,37 @@ def mapping_series(root, name):
     (series / "grid.py").write_text(
         "def where(i):\n    import distributed\n    return i, distributed.get_worker().name\n")
     # a function of the series module, and one defined in the notebook that uses that module
-    cells = [("code", {"tags": ["parameters"]}, "profile = None"),
-             ("code", {}, "import json, grid\nfrom prunebook import parallel\n"
-                          "def where_here(i):\n    return grid.where(i)\n"
-                          "json.dump([parallel.map(grid.where, range(5)), parallel.map(where_here, range(5), "
-                          "desc='cells')], open('out.json', 'w'))")]
+    code_notebook(series / "01_grid.ipynb", "import json, grid\nfrom prunebook import parallel\n"
+                                            "def where_here(i):\n    return grid.where(i)\n"
+                                            "json.dump([parallel.map(grid.where, range(5)), "
+                                            "parallel.map(where_here, range(5), desc='cells')], open('out.json', 'w'))")
+    return series
+
+
+def code_notebook(path, source):
+    """A notebook of a parameters cell and one code cell."""
+    cells = [("code", {"tags": ["parameters"]}, "profile = None"), ("code", {}, source)]
     nb = {"cells": [{"cell_type": k, "metadata": m, "source": src, "outputs": [], "execution_count": None}
                     for k, m, src in cells],
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
           "nbformat": 4, "nbformat_minor": 5}
-    (series / "01_grid.ipynb").write_text(json.dumps(nb))
-    return series
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(nb))
+
+
+def run_on_one_worker(root, cache_dir, monkeypatch):
+    """``prunebook run --profile smoke`` on a cluster of one worker with one notebook slot, sharing ``cache_dir``."""
+    monkeypatch.setenv("PRUNEBOOK_CACHE", str(cache_dir))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  resources={"notebook": 1}) as cluster:
+        return prunebook("run", "--profile", "smoke", "--scheduler", cluster.scheduler_address, root=root,
+                         cache_dir=cache_dir)
 
 
 def test_a_notebook_maps_over_the_cluster_even_with_one_worker(tmp_path, monkeypatch):
     root = tmp_path / "repo"
     series = mapping_series(root, "00_grid")
-    monkeypatch.setenv("PRUNEBOOK_CACHE", str(tmp_path / "cache"))
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  resources={"notebook": 1}) as cluster:
-        out = prunebook("run", "--profile", "smoke", "--scheduler", cluster.scheduler_address, root=root,
-                        cache_dir=tmp_path / "cache")
+    out = run_on_one_worker(root, tmp_path / "cache", monkeypatch)
     assert out.returncode == 0, out.stdout + out.stderr
     # the notebook's task gave its one worker thread to the map's five tasks: no deadlock, same order
     assert json.loads((series / "out.json").read_text()) == [[[i, 0] for i in range(5)]] * 2
@@ -167,6 +177,25 @@ def test_notebooks_waiting_for_a_slot_never_block_a_running_notebooks_map(tmp_pa
     assert out.returncode == 0, out.stdout + out.stderr
     for series in folders:
         assert [i for i, _ in json.loads((series / "out.json").read_text())[0]] == list(range(5))
+
+
+def test_a_finished_notebook_is_not_run_again_when_its_worker_dies(tmp_path, monkeypatch):
+    """One worker: the first series' notebook finishes there, then the second series' notebook kills that worker
+    (once). Dask reruns the killed notebook; the finished one, whose result that worker held, must not run again."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code_notebook(root / "notebooks/00_first/01_a.ipynb",
+                  f"from pathlib import Path\nPath({str(marks)!r}, f'ran-{{__import__(\"os\").getpid()}}').touch()")
+    code_notebook(root / "notebooks/01_second/01_b.ipynb",
+                  f"import os, signal\nfrom pathlib import Path\nmark = Path({str(marks)!r}) / 'killed'\n"
+                  "if not mark.exists():\n    mark.touch()\n    os.kill(os.getppid(), signal.SIGKILL)  # the worker")
+    out = run_on_one_worker(root, tmp_path / "cache", monkeypatch)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (marks / "killed").exists() and len(list(marks.glob("ran-*"))) == 1
+    assert "2 of 2 notebooks ran at smoke" in out.stdout
 
 
 def test_report_seeds_counts_the_seeds_a_claim_held_on(tmp_path):
@@ -224,6 +253,27 @@ def test_map_on_the_cluster_equals_the_loop(client):
     got = parallel.map(square_sum, items)
     assert [g[:2] for g in got] == [square_sum(i)[:2] for i in items]  # same values, same order
     assert os.getpid() not in {g[2] for g in got}  # and they ran on the workers
+
+
+class Unpickled:
+    """Large data a function refers to: each unpickling leaves a mark (at most once a worker, not once a task)."""
+
+    def __init__(self, marks):
+        self.marks, self.data = marks, bytes(5_000_000)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        (Path(self.marks) / f"unpickled-{os.getpid()}-{time.time_ns()}").touch()
+
+
+def test_a_function_and_its_data_travel_once_a_worker_not_once_a_task(client, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    big = Unpickled(str(marks))
+    got = parallel.map(lambda i: (i, len(big.data), os.getpid()), range(12))
+    assert [g[:2] for g in got] == [(i, 5_000_000) for i in range(12)]
+    assert len(list(marks.iterdir())) <= len({g[2] for g in got}) <= 2
+    assert not list((cache.cache_dir() / "parallel").iterdir())  # the stashed function is removed after the map
 
 
 def dies_once(args):

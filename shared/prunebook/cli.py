@@ -242,11 +242,8 @@ def run_notebook(nb: Path, out: Path, params: dict[str, Any], profile: str) -> s
     return None
 
 
-def notebook_task(job: dict[str, Any], prev: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one notebook of a run (in this process or in a Dask worker) and make its executed copy fit to commit.
-    ``prev`` is the result of the notebook before it in its series: a refused parameter there stops the chain."""
-    if prev and prev.get("refused"):
-        return {**job, "refused": prev["refused"], "skipped": True}
+def notebook_task(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one notebook of a run (in this process or in a Dask worker) and make its executed copy fit to commit."""
     # The kernel inherits these: headless (plain progress, no widgets), the profile, where results go.
     for name, value in job["env"].items():
         if value is None:
@@ -378,7 +375,7 @@ def _run_here(chains: list[list[dict[str, Any]]], root: Path) -> list[dict[str, 
 
 def _run_on_cluster(chains: list[list[dict[str, Any]]], root: Path, scheduler: str | None,
                     workers: int | None) -> list[dict[str, Any]]:
-    """Each chain's notebooks as tasks that wait on the one before; chains side by side on the cluster."""
+    """Each chain's notebooks one after another, as tasks; chains side by side on the cluster."""
     from . import parallel
 
     try:
@@ -397,24 +394,34 @@ def _run_with(cluster: Any, chains: list[list[dict[str, Any]]], root: Path) -> l
         # a worker that declares a GPU (or a notebook slot) gives it to one notebook at a time
         resources = parallel.notebook_resources(client)
         address = client.scheduler.address if resources else None
-        futures, n = [], sum(map(len, chains))
+        # A chain's next notebook is submitted when the one before ends, and a finished notebook's future is let go:
+        # the cluster keeps no result that a worker's death would make it compute again (a whole notebook).
+        n, results, later = sum(map(len, chains)), [], {}
+        running = as_completed()
+
+        def submit(chain: list[dict[str, Any]]) -> None:
+            job = chain[0]
+            future = client.submit(notebook_task, {**job, "scheduler": address}, pure=False,
+                                   resources=resources, key=f"{job['rel']}{_seed_note(job)}-{os.urandom(4).hex()}")
+            later[future.key] = chain[1:]
+            running.add(future)
+
         for chain in chains:
-            prev = None
-            for job in chain:
-                prev = client.submit(notebook_task, {**job, "scheduler": address}, prev, pure=False,
-                                     resources=resources, key=f"{job['rel']}{_seed_note(job)}-{os.urandom(4).hex()}")
-                futures.append(prev)
-        results = []
-        for future in as_completed(futures):
+            submit(chain)
+        for future in running:
             try:
                 result = future.result()
-            except Exception as exc:  # the worker died every time Dask tried (KilledWorker), or the one before did
+            except Exception as exc:  # the worker died every time Dask tried (KilledWorker)
                 job = future.key.rsplit("-", 1)[0]
                 result = {"rel": job, "seed": None, "out": "", "took": 0.0, "error": f"{type(exc).__name__}: "
                           f"{one_line(str(exc))}", "lost": True}
+            rest = later.pop(future.key)
+            future.release()
             if result.get("refused"):
-                client.cancel(futures)
+                client.cancel(list(running.futures))
                 raise UsageError(result["refused"])
+            if rest:  # a refused parameter has stopped the run above; a failed notebook does not stop its series
+                submit(rest)
             results.append(result)
             head = f"[{len(results)}/{n}] {result['rel']}{_seed_note(result)}"
             if result.get("lost"):

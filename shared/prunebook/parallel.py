@@ -7,7 +7,8 @@ this is a notebook that ``prunebook run`` started on a cluster, which names it i
 the items become tasks on the cluster; otherwise they run here, one after another. Either way the results come
 back in the order of ``items``, the first exception is raised, and ``desc`` names a progress bar that advances
 as each item finishes. ``fn`` may be defined in the notebook and use the series module beside it (``import gk``):
-the workers import that module from the notebook's folder, which they see at the same path.
+the workers import that module from the notebook's folder, which they see at the same path, and read ``fn``
+from the cache folder, which they share with this process (``prunebook run --scheduler`` checks that they do).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -64,16 +66,16 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *, desc: str | None = No
         with distributed.worker_client() as client:
             return _gather(client, client.map(fn, items, pure=False, **submit), desc)
     client = distributed.default_client()
-    import cloudpickle
-
-    # unpickled on the worker only after the notebook's folder is on its path: a function defined in the notebook
-    # refers to the series module by name (``grokking``), which the worker imports from there. The bytes ride in
-    # every task (a few kB) rather than being scattered once: scattered data dies with the worker that holds it,
-    # and a task rerun after a worker is killed would then have nothing to run.
-    blob = cloudpickle.dumps(fn)
+    # ``fn`` travels as a file in the cache folder that the workers share, not in every task: pickled by value, a
+    # function defined in the notebook carries the globals it uses (a dataset, trained weights), and n tasks would
+    # hold n copies on the scheduler and the workers. A task rerun after its worker died reads the file again.
+    stash = _stash(fn)
     n = len(items)
-    return _gather(client, client.map(_call, [blob] * n, items, [str(Path.cwd().resolve())] * n, pure=False,
-                                      **submit), desc)
+    try:
+        return _gather(client, client.map(_call, [str(stash)] * n, items, [str(Path.cwd().resolve())] * n,
+                                          pure=False, **submit), desc)
+    finally:
+        stash.unlink(missing_ok=True)
 
 
 def _bar(items: list[Any], desc: str | None) -> Any:
@@ -96,13 +98,37 @@ def _gather(client: Any, futures: list[Any], desc: str | None) -> list[Any]:
     return client.gather(futures)
 
 
-def _call(blob: bytes, item: Any, folder: str) -> Any:
+def _stash(fn: Callable[[Any], Any]) -> Path:
     import cloudpickle
 
+    from . import cache
+
+    folder = cache.cache_dir() / "parallel"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.pkl"
+    path.write_bytes(cloudpickle.dumps(fn))
+    return path
+
+
+_LOADED: dict[str, Callable[[Any], Any]] = {}  # stash path -> its function, in this worker: read once a map
+_LOADING = threading.Lock()
+
+
+def _call(stash: str, item: Any, folder: str) -> Any:
+    import cloudpickle
+
+    # unpickled only after the notebook's folder is on the path: a function defined in the notebook refers to the
+    # series module by name (``grokking``), which the worker imports from there
     if folder not in sys.path:
         sys.path.insert(0, folder)
     pin_gpu()  # a worker of a LocalCluster with GPUs trains on its own GPU, as its notebooks do
-    return cloudpickle.loads(blob)(item)
+    with _LOADING:
+        if stash not in _LOADED:
+            while len(_LOADED) >= 2:  # the maps of two notebooks may alternate here; older ones are done
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[stash] = cloudpickle.loads(Path(stash).read_bytes())
+        fn = _LOADED[stash]
+    return fn(item)
 
 
 # ---------------------------------------------------------------- the cluster a run uses
