@@ -150,12 +150,16 @@ def test_dry_run_of_the_paper_profile(monkeypatch, capsys, tmp_path):
 
 
 def test_dry_run_cuts_seed_counts_and_nothing_else(monkeypatch):
-    """Seeds are repetitions, not the paper's shapes: a dry run runs two of each count; models and sizes stay."""
+    """Seeds are repetitions, not the paper's shapes: a dry run runs as many of each count as smoke does (two where
+    smoke names none); models and sizes stay."""
     table = {**WITH_PAPER, "paper": {**WITH_PAPER["paper"], "n_seeds": 16, "cnn_seeds": 5, "teacher_seeds": 1,
                                      "tune_seeds": [100, 101, 102], "width": 512}}
     monkeypatch.setenv("PRUNEBOOK_DRY_RUN", "1")
     cfg = config.resolve(table, "paper", n_seeds=9, verbose=False)
     assert (cfg.n_seeds, cfg.cnn_seeds, cfg.teacher_seeds) == (2, 2, 1)
+    with_smoke = {**table, "smoke": {**table["smoke"], "n_seeds": 1, "cnn_seeds": 3}}
+    cfg = config.resolve(with_smoke, "paper", verbose=False)
+    assert (cfg.n_seeds, cfg.cnn_seeds, cfg.teacher_seeds) == (1, 3, 1)
     assert cfg.tune_seeds == [100, 101, 102] and cfg.width == 512 and cfg.epochs == 160
     assert config.dry_grid([0.1, 0.5, 0.9]) == [0.1, 0.9]
     monkeypatch.delenv("PRUNEBOOK_DRY_RUN")

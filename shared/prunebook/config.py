@@ -33,7 +33,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DRY_RUN_ENV = "PRUNEBOOK_DRY_RUN"
 DRY_RUN_DIR = "paper-dry"  # the results/figures folder (and cache folder) of a dry run
 DRY_STEPS = 2  # a dry run's trainings take this many steps (epochs, iterations), evaluations this many batches
-DRY_SEEDS = 2  # a dry run's seed counts (settings named n_seeds or *_seeds): two, so paired statistics still run
+DRY_SEEDS = 2  # a dry run's seed counts (n_seeds, *_seeds) where the notebook's smoke profile names none
 
 PROFILE_HELP = {
     "smoke": "CI size, under a minute; proves nothing about the paper",
@@ -102,11 +102,14 @@ def dry_grid(values: list) -> list:
     return values[:1] + values[-1:] if dry_run_requested() and len(values) > 2 else values
 
 
-def dry_cut(name: str, value: Any) -> Any:
-    """A setting as a dry run uses it: seed counts (an int named ``n_seeds`` or ``*_seeds``) cut to
+def dry_cut(name: str, value: Any, at_smoke: Any = None) -> Any:
+    """A setting as a dry run uses it: a seed count (an int named ``n_seeds`` or ``*_seeds``) cut to the smoke
+    profile's (``at_smoke``: the fewest seeds the notebook's claims are known to run on), else to
     :data:`DRY_SEEDS`; every other setting, the models and shapes among them, unchanged."""
-    is_count = isinstance(value, int) and not isinstance(value, bool)
-    return min(value, DRY_SEEDS) if is_count and name.endswith("_seeds") else value
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if not (is_int(value) and name.endswith("_seeds")):
+        return value
+    return min(value, at_smoke if is_int(at_smoke) and at_smoke >= 1 else DRY_SEEDS)
 
 
 def _check_type(name: str, value: Any, default: Any, choices: dict[str, Any]) -> Any:
@@ -180,7 +183,8 @@ def resolve(
             _check_type(name, value, None, choices)
 
     if dry_run:
-        values = {name: dry_cut(name, value) for name, value in values.items()}
+        smoke = configs.get("smoke", {})
+        values = {name: dry_cut(name, value, smoke.get(name)) for name, value in values.items()}
     cfg = Config(profile=profile, seed=seed, **values)
     cfg["device"] = str(pick_device(device))
     cfg["data_root"] = None if data_root is None else str(data_root)
@@ -208,7 +212,7 @@ def describe(cfg: Config) -> str:
     lines = [f"profile {cfg.profile!r}: {PROFILE_HELP[cfg.profile]}"]
     if cfg.dry_run:
         lines.append(f"  DRY RUN: stand-in data of the paper's shapes, trainings cut to {DRY_STEPS} steps, "
-                     f"seed counts to {DRY_SEEDS}; it shows "
+                     f"seed counts to smoke's (else {DRY_SEEDS}); it shows "
                      f"that the code path runs, and no number it prints means anything")
     lines += [f"  {k:<{width}} = {v!r}" for k, v in cfg.items() if k != "profile"]
     return "\n".join(lines)
