@@ -7,6 +7,7 @@ an empty cache of its own, so every run is cold. It proves the paper's code path
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,12 @@ def test_every_notebook_runs_its_paper_profile_on_stand_in_data(tmp_path):
     env = {**os.environ, "PRUNEBOOK_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for name in ("PRUNEBOOK_PROFILE", "PRUNEBOOK_RESULTS_DIR", "PRUNEBOOK_FIGURES_DIR", "PRUNEBOOK_DRY_RUN"):
         env.pop(name, None)
-    run = subprocess.run([str(Path(sys.executable).parent / "prunebook"), "run", "--profile", "paper", "--dry-run",
-                          "--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    try:
+        run = subprocess.run([str(Path(sys.executable).parent / "prunebook"), "run", "--profile", "paper",
+                              "--dry-run", "--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=1800)
+    finally:
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)  # several GB of paper-size runs, never read again
     print(run.stdout)  # each notebook's wall time, shown with pytest -rA
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
 
