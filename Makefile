@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 test: setup
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadfile
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 reproduce: setup
 	$(BIN)/prunebook run $(SERIES) --profile $(PROFILE) $(ARGS); status=$$?; \

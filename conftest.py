@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(items):
-    """The paper dry run (tests/test_dry_run.py, the longest test by far) first, so that under ``-n 2 --dist
-    loadfile`` one worker starts it at once while the other runs everything else; last, it would start only when
-    half the suite is done."""
+    """The paper dry run (tests/test_dry_run.py, the longest test by far) first, so that under ``make test``'s
+    ``-n 2 --dist loadfile --no-loadscope-reorder`` one worker starts it at once while the other runs everything
+    else (xdist's default order, the files with most tests first, starts it only when most of the suite is done)."""
     items.sort(key=lambda item: item.path.name != "test_dry_run.py")
