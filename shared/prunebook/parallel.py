@@ -124,7 +124,7 @@ def _call(stash: str, item: Any, folder: str) -> Any:
     pin_gpu()  # a worker of a LocalCluster with GPUs trains on its own GPU, as its notebooks do
     with _LOADING:
         if stash not in _LOADED:
-            while len(_LOADED) >= 2:  # the maps of two notebooks may alternate here; older ones are done
+            while len(_LOADED) >= 2:  # two notebooks' maps may alternate here; a third evicts the oldest
                 _LOADED.pop(next(iter(_LOADED)))
             _LOADED[stash] = cloudpickle.loads(Path(stash).read_bytes())
         fn = _LOADED[stash]
